@@ -283,7 +283,7 @@ def dump_toml(flat: dict[str, Any]) -> str:
 def set_config_value(path: Path, key: str, value: str | None) -> Any:
     """Set (or, with value None, remove) one key in a config file; returns the stored value."""
     spec = spec_for(key, "config set")
-    if spec.secret:
+    if spec.secret and value is not None:
         names = " or ".join(spec.env_names[::-1])
         raise ConfigError(f"'{key}' is a secret and llmctl never writes secrets to files",
                           hint=f"export {names} instead")

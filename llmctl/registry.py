@@ -205,3 +205,38 @@ def entry_for_directory(path: Path, name: str) -> ModelEntry:
         raise ModelError(f"{path} is not a model directory (no config.json or adapter_config.json)",
                          hint="point at a directory written by save_pretrained")
     return ModelEntry(name=name, provider="hf", source=str(path))
+
+
+def make_entry(name: str, source: str, *, provider: str | None = None, base: str | None = None,
+               adapter: str | None = None, chat_template: str = "auto", context_length: int | None = None,
+               base_url: str | None = None, api_key_env: str | None = None, description: str = "") -> ModelEntry:
+    """A new entry from `models add` arguments: the provider follows from SOURCE's prefix."""
+    from llmctl.templates import check_template
+
+    check_name(name)
+    check_template(chat_template)
+    if source.startswith(("openai:", "hf:")):
+        prefix = source.split(":", 1)[0]
+        if provider and provider != prefix:
+            raise UsageError(f"--provider {provider} contradicts the source prefix '{prefix}:'")
+        provider, source = prefix, _after_prefix(source)
+    provider = provider or ("openai" if base_url else "hf")
+    if provider not in PROVIDERS:
+        raise UsageError(f"unknown provider '{provider}'", hint="use one of: " + ", ".join(PROVIDERS))
+    if provider == "hf" and Path(source).expanduser().exists():
+        source = str(Path(source).expanduser().resolve())
+        if adapter is None and (Path(source) / "adapter_config.json").is_file():
+            found = entry_for_directory(Path(source), name)  # a peft adapter: base from its config
+            adapter, base = found.adapter, base or found.base
+    if adapter:
+        adapter = str(Path(adapter).expanduser().resolve())
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise UsageError(f"--adapter {adapter} has no adapter_config.json")
+        if not base:
+            raise UsageError("--adapter needs --base (the model the adapter was trained on)")
+    if api_key_env and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", api_key_env):
+        raise UsageError(f"--api-key-env '{api_key_env}' is not an environment variable name",
+                         hint="give the variable's name (e.g. MY_SERVER_KEY), never the key itself")
+    return ModelEntry(name=name, provider=provider, source=source, base=base, adapter=adapter,
+                      chat_template=chat_template, context_length=context_length, base_url=base_url,
+                      api_key_env=api_key_env, description=description)

@@ -159,6 +159,10 @@ class Backend(ABC):
     def _generate(self, request: GenerationRequest) -> Iterator[Chunk]:
         """Yield chunks of generated text; the last one carries finish_reason and usage."""
 
+    def is_chat(self, request: GenerationRequest) -> bool:
+        """Whether this request is sent as chat turns (True) or as raw text to complete."""
+        return not request.raw
+
     @abstractmethod
     def render(self, request: GenerationRequest) -> RenderedPrompt:
         """The exact prompt this request becomes (for --show-prompt and the log's prompt hash)."""

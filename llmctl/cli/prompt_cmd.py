@@ -1,0 +1,122 @@
+"""`llmctl prompt`: one prompt, one response, streamed; the building block for scripts."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from llmctl.cli.options import (BaseUrlOpt, JsonOpt, MaxTokensOpt, ModelOpt, RepetitionOpt, RetriesOpt, SeedOpt,
+                                StopOpt, SystemOpt, TemperatureOpt, TimeoutOpt, TopKOpt, TopPOpt, state)
+from llmctl.cli.output import err, print_json
+from llmctl.errors import UsageError
+
+
+def read_prompt_text(text: str | None) -> str:
+    """TEXT and stdin (when piped) joined: `cat notes.txt | llmctl prompt "Summarise:"`."""
+    piped = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
+    parts = [p for p in (text, piped.strip("\n")) if p and p.strip()]
+    if not parts:
+        raise UsageError("empty prompt", hint='pass TEXT (llmctl prompt "Hello") or pipe it on stdin')
+    return "\n\n".join(parts)
+
+
+def sampling_flags(temperature, top_p, top_k, seed, max_tokens, repetition_penalty, timeout, retries,
+                   system=None, model=None) -> dict:
+    return {"sampling.temperature": temperature, "sampling.top_p": top_p, "sampling.top_k": top_k,
+            "sampling.seed": seed, "sampling.max_tokens": max_tokens,
+            "sampling.repetition_penalty": repetition_penalty, "openai.timeout": timeout,
+            "openai.retries": retries, "system": system, "model": model}
+
+
+def prompt(
+    ctx: typer.Context,
+    text: Annotated[Optional[str], typer.Argument(help="The prompt. Also read from stdin when piped (both: joined).")] = None,
+    model: ModelOpt = None,
+    system: SystemOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    seed: SeedOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    stop: StopOpt = None,
+    repetition_penalty: RepetitionOpt = None,
+    base_url: BaseUrlOpt = None,
+    timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None,
+    json_out: JsonOpt = False,
+    no_stream: Annotated[bool, typer.Option("--no-stream", help="Print the response only when it is complete.")] = False,
+    show_prompt: Annotated[bool, typer.Option("--show-prompt", help="Print the exact rendered prompt and its token count (stderr).")] = False,
+    shots: Annotated[Optional[Path], typer.Option("--shots", help='Few-shot examples: JSONL of {"input", "output"}.')] = None,
+    top_probs: Annotated[int, typer.Option("--top-probs", min=0, max=100, help="Show the K likeliest next tokens with their probabilities.")] = 0,
+    raw: Annotated[bool, typer.Option("--raw", help="Complete the text as is, without the chat template.")] = False,
+    no_log: Annotated[bool, typer.Option("--no-log", help="Do not record this exchange in the log.")] = False,
+    continue_: Annotated[bool, typer.Option("--continue", "-c", help="Continue the most recent conversation.")] = False,
+) -> None:
+    """Send a prompt to a model and stream the response.
+
+    Examples: llmctl prompt "Name three rivers" · llmctl prompt -m openai:gpt-4o-mini -t 0 "2+2?" ·
+    llmctl prompt --raw --top-probs 10 "The Eiffel Tower is located in"
+    """
+    from llmctl.logs import LogStore
+    from llmctl.prompting import (Conversation, build_request, load_last_conversation, log_exchange,
+                                  open_backend, resolve_entry, sampling_params)
+    from llmctl.templates import load_shots
+
+    body = read_prompt_text(text)
+    settings = state(ctx).config(sampling_flags(temperature, top_p, top_k, seed, max_tokens, repetition_penalty,
+                                                timeout, retries, system, model))
+    cfg = settings.config
+    log_enabled = cfg.log.enabled and not no_log
+    conversation = Conversation(system=cfg.system)
+    if continue_:
+        conversation, last_model = load_last_conversation(LogStore())
+        if model is None and last_model:
+            cfg.model = last_model
+        if system is not None:
+            conversation.system = system
+    if shots is not None:
+        conversation.shots = load_shots(shots)
+    entry = resolve_entry(cfg.model, base_url)
+    with err.status(f"loading {entry.name}…", spinner="dots") if not json_out else nullcontext():
+        backend = open_backend(entry, cfg)
+    try:
+        request = build_request(backend, conversation, body, sampling_params(cfg, stop), raw=raw, top_probs=top_probs)
+        rendered = backend.render(request)
+        if show_prompt:
+            from llmctl.cli.render import rendered_prompt_text
+
+            err.print(rendered_prompt_text(rendered))
+        response = backend.generate(request)
+        if json_out or no_stream:
+            response.text()
+        else:
+            for delta in response:
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+        log_id = log_exchange(LogStore(), conversation, backend, entry, body, response, rendered.text) if log_enabled else None
+        if json_out:
+            doc = response.to_dict()
+            doc.update(provider=entry.provider, conversation_id=conversation.id, log_id=log_id)
+            if show_prompt:
+                doc["rendered_prompt"] = {"text": rendered.text, "tokens": rendered.tokens, "mode": rendered.mode}
+            print_json(doc)
+            return
+        if no_stream:
+            sys.stdout.write(response.text())
+        sys.stdout.write("\n")
+        if top_probs and response.tokens:
+            from llmctl.cli.output import out
+            from llmctl.cli.render import probability_table
+
+            first = response.tokens[0]
+            temp = request.params.temperature
+            title = f"next token after the prompt ({f'temperature {temp:g}' if temp else 'greedy; probabilities at temperature 1'})"
+            out.print(probability_table(first, title))
+        elif top_probs:
+            err.print("[yellow]no token was generated, so there is no distribution to show[/]")
+    finally:
+        backend.close()

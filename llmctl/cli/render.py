@@ -1,0 +1,39 @@
+"""Rich renderings people read: the next-token probability table and the rendered prompt."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+
+from llmctl.backends.base import RenderedPrompt, TokenInfo
+
+BAR_WIDTH = 30
+
+
+def visible_token(token: str) -> str:
+    """Show the whitespace that makes ' Paris' and 'Paris' different tokens."""
+    return repr(token)[1:-1].replace(" ", "␣") if token.strip() != token or not token else repr(token)[1:-1]
+
+
+def probability_table(info: TokenInfo, title: str) -> Table:
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("token")
+    table.add_column("prob", justify="right")
+    table.add_column("", no_wrap=True)
+    for rank, candidate in enumerate(info.top, 1):
+        filled = round(candidate.prob * BAR_WIDTH)
+        bar = Text("█" * filled, style="green" if candidate.token == info.token else "cyan")
+        bar.append("·" * (BAR_WIDTH - filled), style="dim")
+        style = "bold" if candidate.token == info.token else ""
+        table.add_row(str(rank), Text(visible_token(candidate.token), style=style),
+                      f"{candidate.prob:.4f}", bar)
+    return table
+
+
+def rendered_prompt_text(rendered: RenderedPrompt) -> Text:
+    tokens = "?" if rendered.tokens is None else str(rendered.tokens)
+    text = Text(f"── rendered prompt ({rendered.mode}, {tokens} tokens) ──\n", style="dim")
+    text.append(rendered.text)
+    text.append("\n── end of prompt ──", style="dim")
+    return text
