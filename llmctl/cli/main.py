@@ -45,21 +45,22 @@ app.add_typer(config_cmd.app, name="config", help="Show, get and set configurati
 app.add_typer(logs_cmd.app, name="logs", help="Browse the log of prompts and responses.")
 
 
-def _debugging() -> bool:
-    return "--debug" in sys.argv[1:] or os.environ.get("LLMCTL_DEBUG", "") not in ("", "0")
+def _debugging(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("LLMCTL_DEBUG", "") not in ("", "0")
 
 
-def run() -> None:
+def run(argv: list[str] | None = None) -> None:
     """Entry point: one clear line on stderr and a documented exit code for every failure."""
     import click
 
     from llmctl.cli.output import error_line
     from llmctl.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, LlmctlError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        code = app(standalone_mode=False, prog_name="llmctl")
+        code = app(args=argv, standalone_mode=False, prog_name="llmctl")
     except LlmctlError as e:
-        if _debugging():
+        if _debugging(argv):
             raise
         error_line(str(e))
         code = e.exit_code
@@ -78,7 +79,7 @@ def run() -> None:
         sys.stderr.close()
         code = 0
     except Exception as e:  # a bug: short message unless debugging
-        if _debugging():
+        if _debugging(argv):
             raise
         error_line(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback and please report it)")
         code = EXIT_INTERNAL

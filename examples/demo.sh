@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# `make demo`: what llmctl is for, offline, on the embedded default model (SmolLM2-135M-Instruct).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1  # the demo uses what is embedded, never the network
+llmctl() { .venv/bin/llmctl "$@"; }
+step() { printf '\n\033[1m== %s\033[0m\n$ llmctl %s\n' "$1" "$2"; }
+
+step "1. Prompt the default local model (the first run converts the bundled GGUF once, ~20 s)" \
+     'prompt -t 0 "What is the capital of France?"'
+llmctl prompt -t 0 --max-tokens 60 "What is the capital of France?"
+
+step "2. Next-token probabilities: what the model thinks comes next" \
+     'prompt --raw --top-probs 10 --max-tokens 1 "The Eiffel Tower is located in"'
+llmctl prompt --raw --top-probs 10 --max-tokens 1 "The Eiffel Tower is located in"
+
+step "3. Sampling: temperature 1.0 with a seed is random but reproducible" \
+     'prompt -t 1.0 --seed 7 --max-tokens 30 "Write one sentence about the sea."  (twice)'
+llmctl prompt -t 1.0 --seed 7 --max-tokens 30 "Write one sentence about the sea."
+llmctl prompt -t 1.0 --seed 7 --max-tokens 30 "Write one sentence about the sea."
+
+step "4. Few-shot prompting from a JSONL file of examples" \
+     'prompt -t 0 --shots examples/shots-antonyms.jsonl --max-tokens 5 "tall"'
+llmctl prompt -t 0 --shots examples/shots-antonyms.jsonl --max-tokens 5 "tall"
+
+step "5. For scripts: one JSON document on stdout" \
+     'prompt -t 0 --max-tokens 8 --json "Say hello." | python3 -c ...'
+llmctl prompt -t 0 --max-tokens 8 --json "Say hello." \
+  | python3 -c 'import json,sys; d=json.load(sys.stdin); print({k: d[k] for k in ("text","finish_reason","usage")}, "tokens/s:", d["timings"].get("tokens_per_s"))'
+
+step "6. Every exchange is logged" 'logs -n 3'
+llmctl logs -n 3
+
+printf '\nNext: llmctl chat · llmctl models list · llmctl config show · llmctl --help\n'

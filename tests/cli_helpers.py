@@ -1,0 +1,31 @@
+"""Run the real CLI entry point in-process: the same error handling and exit codes as the script."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+from llmctl.cli.main import run
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+def llmctl(capsys, monkeypatch, *args: str, stdin: str = "") -> Result:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run(list(args))
+    captured = capsys.readouterr()
+    return Result(exit_info.value.code, captured.out, captured.err)
