@@ -149,12 +149,16 @@ def run_repl(session: ChatSession, read_line: Callable[[str], str], write: Calla
             except UsageError as e:
                 notice(f"error: {e}")
             continue
+        response = None
         try:
             response = session.send(line)
             for delta in response:
                 write(delta)
         except KeyboardInterrupt:
+            if response is not None:
+                response.cancel()
             notice("\n[reply stopped]")
+            continue
         except LlmctlError as e:  # a remote hiccup or an over-long history: say so, keep the session
             notice(f"\nerror: {e}")
             continue

@@ -122,6 +122,15 @@ class Response:
         if done_tokens and seconds > 0:
             self.timings["tokens_per_s"] = round(done_tokens / seconds, 2)
 
+    def cancel(self) -> None:
+        """Stop early (Ctrl-C while the caller was printing): frees the model or the connection."""
+        if not self.done:
+            self.finish_reason = "interrupted"
+            close = getattr(self._chunks, "close", None)
+            if close:
+                close()
+            self.done = True
+
     def text(self) -> str:
         if not self.done:
             for _ in self:

@@ -197,9 +197,13 @@ class HFBackend(Backend):
     def _token_info(self, logits: torch.Tensor, temperature: float, token: int, k: int) -> TokenInfo:
         probs = torch.softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
         top = torch.topk(probs, min(k, probs.numel()))
-        decode = self.tokenizer.decode
-        return TokenInfo(token=decode([token]), prob=float(probs[token]),
-                         top=[TokenProb(decode([int(i)]), float(v)) for v, i in zip(top.values, top.indices)])
+        return TokenInfo(token=self._token_text(token), prob=float(probs[token]),
+                         top=[TokenProb(self._token_text(int(i)), float(v)) for v, i in zip(top.values, top.indices)])
+
+    def _token_text(self, token_id: int) -> str:
+        """A token as text; a byte fragment of a longer character shows as its vocabulary entry."""
+        text = self.tokenizer.decode([token_id])
+        return text if "\ufffd" not in text else str(self.tokenizer.convert_ids_to_tokens(token_id))
 
     def close(self) -> None:
         self.model = None

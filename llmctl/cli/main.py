@@ -51,30 +51,29 @@ def _debugging(argv: list[str]) -> bool:
 
 def run(argv: list[str] | None = None) -> None:
     """Entry point: one clear line on stderr and a documented exit code for every failure."""
-    import click
-
     from llmctl.cli.output import error_line
     from llmctl.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, LlmctlError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         code = app(args=argv, standalone_mode=False, prog_name="llmctl")
+    except typer.Exit as e:
+        code = e.exit_code
     except LlmctlError as e:
         if _debugging(argv):
             raise
         error_line(str(e))
         code = e.exit_code
-    except click.exceptions.Abort:  # click's Ctrl-C
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C
         error_line("interrupted")
         code = EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        error_line("interrupted")
-        code = EXIT_INTERRUPTED
-    except click.ClickException as e:
-        where = f"{e.ctx.command_path}: " if getattr(e, "ctx", None) else ""
-        usage_hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
-        error_line(f"{where}{e.format_message()}{usage_hint}")
-        code = e.exit_code if e.exit_code else EXIT_USAGE
+    except typer.TyperException as e:  # bad flags and arguments, as typer reports them
+        ctx = getattr(e, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx else ""
+        hint = f" (see '{ctx.command_path} --help')" if ctx else ""
+        if e.format_message().strip():  # empty when a group was called bare and has shown its help
+            error_line(f"{where}{e.format_message()}{hint}")
+        code = EXIT_USAGE
     except BrokenPipeError:  # `llmctl ... | head`: the reader left, which is not an error
         sys.stderr.close()
         code = 0
