@@ -132,3 +132,22 @@ def test_config_file_flag_and_env_reach_the_request(cli, tmp_path, tiny_chat_mod
     doc = cli("--config", str(extra), "prompt", "--json", "hi").json()
     assert doc["params"]["max_tokens"] == 3 and doc["params"]["top_k"] == 5
     assert doc["usage"]["completion_tokens"] == 3
+
+
+def test_prompt_against_an_openai_compatible_server(cli, monkeypatch):
+    from tests.fake_openai import FakeOpenAI
+
+    key = "sk-cli-secret-777"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    with FakeOpenAI(api_key=key) as server:
+        r = cli("prompt", "--base-url", server.url, "-m", "fake-model", "hello world")
+        assert (r.code, r.out) == (0, "Echo: hello world\n"), r.err
+        cli("models", "add", "served", "fake-model", "--base-url", server.url)
+        table = cli("prompt", "-m", "served", "--top-probs", "3", "hi")
+        assert "Echo:" in table.out and "0.5000" in table.out
+        refused = cli("prompt", "--base-url", server.url, "-m", "missing-model", "hi")
+        assert refused.code == 3 and "not found" in refused.err
+    home = __import__("os").environ["LLMCTL_HOME"]
+    for path in __import__("pathlib").Path(home).rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path

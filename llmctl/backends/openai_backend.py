@@ -1,0 +1,210 @@
+"""OpenAI and every OpenAI-compatible server (vLLM, ollama, llama.cpp, `llmctl serve`), through the
+official `openai` SDK. Its client gives timeouts and retries with exponential backoff on 429, 5xx
+and connection errors; here we map our sampling knobs onto the wire and its errors onto ours.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Any, Iterator
+
+import openai
+
+from llmctl.backends.base import Backend, Chunk, GenerationRequest, RenderedPrompt, TokenInfo, TokenProb
+from llmctl.config import Config
+from llmctl.errors import ModelError, RemoteError, UsageError
+from llmctl.registry import ModelEntry
+
+OFFICIAL_URL = "https://api.openai.com/v1"
+NO_KEY = "sk-no-key-required"  # the SDK insists on a key; compatible servers often need none
+MAX_STOPS = 4
+MAX_TOP_LOGPROBS = 20
+# Request fields back to the flags a user typed, for "the server rejected ..." messages.
+FLAG_FOR_FIELD = {"top_k": "--top-k", "repetition_penalty": "--repetition-penalty", "seed": "--seed",
+                  "temperature": "--temperature", "top_p": "--top-p", "stop": "--stop",
+                  "max_tokens": "--max-tokens", "logprobs": "--top-probs", "top_logprobs": "--top-probs"}
+
+
+class OpenAIBackend(Backend):
+    def __init__(self, entry: ModelEntry, config: Config):
+        self.name = entry.name
+        self.model_id = entry.source
+        self.base_url = (entry.base_url or config.openai.base_url or OFFICIAL_URL).rstrip("/")
+        self.official = "api.openai.com" in self.base_url
+        self.timeout = config.openai.timeout
+        self.retries = config.openai.retries
+        key = _api_key(entry, config)
+        if not key and self.official:
+            raise RemoteError("no OpenAI API key", hint="export OPENAI_API_KEY=... (llmctl never stores keys)")
+        self.client = openai.OpenAI(api_key=key or NO_KEY, base_url=self.base_url, timeout=self.timeout,
+                                    max_retries=self.retries)
+        self._use_max_completion_tokens = False
+
+    # -- requests ---------------------------------------------------------------------------------
+    def _arguments(self, request: GenerationRequest) -> dict[str, Any]:
+        p = request.params
+        if len(p.stop) > MAX_STOPS:
+            raise UsageError(f"OpenAI-compatible APIs take at most {MAX_STOPS} --stop values, got {len(p.stop)}")
+        extra = {}
+        if p.top_k > 0:
+            extra["top_k"] = p.top_k
+        if p.repetition_penalty != 1.0:
+            extra["repetition_penalty"] = p.repetition_penalty
+        if extra and self.official:
+            flags = " and ".join(FLAG_FOR_FIELD[k] for k in extra)
+            raise UsageError(f"api.openai.com does not support {flags}",
+                             hint="drop it, or use --base-url for a compatible server (vLLM, llama.cpp, llmctl serve)")
+        args: dict[str, Any] = {"model": self.model_id, "temperature": p.temperature, "top_p": p.top_p,
+                                "stream": True, "stream_options": {"include_usage": True}}
+        args["max_completion_tokens" if self._use_max_completion_tokens else "max_tokens"] = p.max_tokens
+        if p.seed is not None:  # 0 is a seed
+            args["seed"] = p.seed
+        if p.stop:
+            args["stop"] = list(p.stop)
+        if extra:
+            args["extra_body"] = extra
+        k = request.top_probs
+        if k and not request.raw:
+            if k > MAX_TOP_LOGPROBS:
+                raise UsageError(f"--top-probs is at most {MAX_TOP_LOGPROBS} for OpenAI-compatible chat APIs")
+            args.update(logprobs=True, top_logprobs=k)
+        elif k:
+            args["logprobs"] = k
+        return args
+
+    def render(self, request: GenerationRequest) -> RenderedPrompt:
+        if request.raw:
+            return RenderedPrompt(text=_raw_prompt(request), tokens=None, mode="completion")
+        text = "\n".join(f"<|{m.role}|>\n{m.content}" for m in request.messages)
+        return RenderedPrompt(text=text, tokens=None, mode="chat")
+
+    def _generate(self, request: GenerationRequest) -> Iterator[Chunk]:
+        args = self._arguments(request)  # checked now, so a bad flag fails before anything is sent
+        return self._stream(request, args)
+
+    def _stream(self, request: GenerationRequest, args: dict[str, Any]) -> Iterator[Chunk]:
+        stream = self._open(request, args)
+        finish, usage, produced = None, None, 0
+        try:
+            for event in stream:
+                if getattr(event, "usage", None):
+                    usage = {"prompt_tokens": event.usage.prompt_tokens,
+                             "completion_tokens": event.usage.completion_tokens}
+                for choice in event.choices[:1]:
+                    text = (choice.text if request.raw else choice.delta.content) or ""
+                    tokens = _token_infos(choice.logprobs, request.raw)
+                    produced += len(tokens) or (1 if text else 0)
+                    finish = choice.finish_reason or finish
+                    if text or tokens:
+                        yield Chunk(text=text, tokens=tokens)
+        except openai.OpenAIError as e:
+            raise self._translate(e) from None
+        finally:
+            stream.close()
+        yield Chunk(finish_reason=finish or "stop", usage=usage or {"completion_tokens": produced})
+
+    def _open(self, request: GenerationRequest, args: dict[str, Any]):
+        try:
+            if request.raw:
+                args = {k: v for k, v in args.items() if k not in ("max_completion_tokens",)}
+                args.setdefault("max_tokens", request.params.max_tokens)
+                return self.client.completions.create(prompt=_raw_prompt(request), **args)
+            return self.client.chat.completions.create(
+                messages=[{"role": m.role, "content": m.content} for m in request.messages], **args)
+        except openai.BadRequestError as e:
+            if "max_tokens" in args and "max_completion_tokens" in _message(e):
+                # Newer OpenAI models renamed the field; retry once with the new name.
+                self._use_max_completion_tokens = True
+                args = dict(args)
+                args["max_completion_tokens"] = args.pop("max_tokens")
+                return self._open(request, args)
+            raise self._translate(e) from None
+        except openai.OpenAIError as e:
+            raise self._translate(e) from None
+
+    # -- errors -----------------------------------------------------------------------------------
+    def _translate(self, e: Exception) -> Exception:
+        where = self.base_url
+        if isinstance(e, openai.APITimeoutError):
+            return RemoteError(f"no response from {where} within {self.timeout:g} s",
+                               hint="raise --timeout or check the server")
+        if isinstance(e, openai.APIConnectionError):
+            return RemoteError(f"cannot connect to {where}", hint="is the server running? check --base-url")
+        if isinstance(e, openai.AuthenticationError):
+            return RemoteError(f"API key rejected by {where} (401)",
+                               hint="check OPENAI_API_KEY (or the model's api_key_env)")
+        if isinstance(e, openai.NotFoundError):
+            return ModelError(f"model '{self.model_id}' not found on {where} (404)",
+                              hint="check the model name; the server's GET /models lists them")
+        if isinstance(e, openai.RateLimitError):
+            return RemoteError(f"rate limited by {where} (429) after {self.retries} retries",
+                               hint="wait and retry, or raise --retries")
+        if isinstance(e, (openai.BadRequestError, openai.UnprocessableEntityError)):
+            message = _message(e)
+            field = _rejected_field(e, message)
+            if field:
+                flag = FLAG_FOR_FIELD.get(field, field)
+                return UsageError(f"server rejected parameter '{field}' ({flag}): {message}",
+                                  hint=f"drop {flag} for this server")
+            return UsageError(f"server rejected the request: {message}")
+        if isinstance(e, openai.APIStatusError):
+            return RemoteError(f"server error {e.status_code} from {where}: {_message(e)}")
+        return RemoteError(f"request to {where} failed: {_message(e)}")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _api_key(entry: ModelEntry, config: Config) -> str | None:
+    if entry.api_key_env:
+        key = os.environ.get(entry.api_key_env)
+        if not key:
+            raise RemoteError(f"model '{entry.name}' reads its API key from ${entry.api_key_env}, which is not set",
+                              hint=f"export {entry.api_key_env}=...")
+        return key
+    return config.openai.api_key
+
+
+def _raw_prompt(request: GenerationRequest) -> str:
+    return "".join(m.content for m in request.messages)
+
+
+def _message(e: Exception) -> str:
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+    return str(getattr(e, "message", None) or e)
+
+
+def _rejected_field(e: Exception, message: str) -> str | None:
+    body = getattr(e, "body", None)
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(inner, dict) and isinstance(inner.get("param"), str) and inner["param"] in FLAG_FOR_FIELD:
+        return inner["param"]
+    for field in FLAG_FOR_FIELD:
+        if re.search(rf"\b{field}\b", message):
+            return field
+    return None
+
+
+def _token_infos(logprobs: Any, raw: bool) -> list[TokenInfo]:
+    """OpenAI logprobs (chat: content[].top_logprobs; completions: tokens/top_logprobs) as probabilities."""
+    if not logprobs:
+        return []
+    if not raw:
+        return [TokenInfo(token=t.token, prob=math.exp(t.logprob),
+                          top=[TokenProb(c.token, math.exp(c.logprob)) for c in (t.top_logprobs or [])])
+                for t in (logprobs.content or [])]
+    tops = logprobs.top_logprobs or []
+    out = []
+    for i, token in enumerate(logprobs.tokens or []):
+        top = tops[i] if i < len(tops) and tops[i] else {}
+        ranked = sorted(top.items(), key=lambda kv: kv[1], reverse=True)
+        lp = (logprobs.token_logprobs or [None] * (i + 1))[i]
+        out.append(TokenInfo(token=token, prob=math.exp(lp) if lp is not None else None,
+                             top=[TokenProb(t, math.exp(v)) for t, v in ranked]))
+    return out
