@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE=1  # the demo uses what is embedded, never the network
 llmctl() { .venv/bin/llmctl "$@"; }
 step() { printf '\n\033[1m== %s\033[0m\n$ llmctl %s\n' "$1" "$2"; }
 
-step "1. Prompt the default local model (the first run converts the bundled GGUF once, ~20 s)" \
+step "1. Prompt the default local model (the first run converts the bundled GGUF once, 20-40 s)" \
      'prompt -t 0 "What is the capital of France?"'
 llmctl prompt -t 0 --max-tokens 60 "What is the capital of France?"
 
@@ -20,8 +20,8 @@ llmctl prompt -t 1.0 --seed 7 --max-tokens 30 "Write one sentence about the sea.
 llmctl prompt -t 1.0 --seed 7 --max-tokens 30 "Write one sentence about the sea."
 
 step "4. Few-shot prompting from a JSONL file of examples" \
-     'prompt -t 0 --shots examples/shots-antonyms.jsonl --max-tokens 5 "tall"'
-llmctl prompt -t 0 --shots examples/shots-antonyms.jsonl --max-tokens 5 "tall"
+     'prompt -t 0 --shots examples/shots-capitals.jsonl --max-tokens 5 "Italy"'
+llmctl prompt -t 0 --shots examples/shots-capitals.jsonl --max-tokens 5 "Italy"
 
 step "5. For scripts: one JSON document on stdout" \
      'prompt -t 0 --max-tokens 8 --json "Say hello." | python3 -c ...'

@@ -35,11 +35,11 @@ def list_logs(ctx: typer.Context,
         out.print("no log entries yet")
         return
     table = Table(show_edge=False, pad_edge=False)
-    for column in ("id", "time", "model", "prompt", "response", "tokens"):
-        table.add_column(column, overflow="fold" if column in ("prompt", "response") else "ellipsis")
+    for column in ("id", "time (UTC)", "model", "prompt", "response", "tokens"):
+        table.add_column(column, no_wrap=column not in ("prompt", "response"), overflow="fold")
     for r in rows:
-        table.add_row(str(r["id"]), r["created"].replace("T", " ")[:19], r["model"], _short(r["prompt"], 40),
-                      _short(r["response"], 50), f"{fmt_value(r['prompt_tokens'])}+{fmt_value(r['completion_tokens'])}")
+        table.add_row(str(r["id"]), r["created"][5:16].replace("T", " "), r["model"], _short(r["prompt"], 40),
+                      _short(r["response"], 60), f"{fmt_value(r['prompt_tokens'])}+{fmt_value(r['completion_tokens'])}")
     out.print(table)
 
 
