@@ -12,6 +12,7 @@ import difflib
 import json
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional, get_args, get_origin, get_type_hints
 
@@ -115,13 +116,23 @@ def _collect_specs(cls: type, prefix: str = "") -> dict[str, SettingSpec]:
     return specs
 
 
-SPECS: dict[str, SettingSpec] = _collect_specs(Config)
+@lru_cache(maxsize=1)
+def _specs() -> dict[str, SettingSpec]:
+    # Built on first use, not at import: `llmctl --help` should not pay for type-hint evaluation.
+    return _collect_specs(Config)
+
+
+def __getattr__(name: str):  # PEP 562: `from llmctl.config import SPECS` still works
+    if name == "SPECS":
+        return _specs()
+    raise AttributeError(name)
 
 
 def spec_for(key: str, where: str) -> SettingSpec:
-    if key in SPECS:
-        return SPECS[key]
-    close = difflib.get_close_matches(key, SPECS, n=1)
+    specs = _specs()
+    if key in specs:
+        return specs[key]
+    close = difflib.get_close_matches(key, specs, n=1)
     hint = f"did you mean '{close[0]}'?" if close else "`llmctl config show` lists the keys"
     raise ConfigError(f"{where}: unknown config key '{key}'", hint=hint)
 
@@ -210,7 +221,7 @@ class ResolvedConfig:
 
     def rows(self, redact: bool = True) -> list[tuple[str, Any, str]]:
         out = []
-        for key, spec in SPECS.items():
+        for key, spec in _specs().items():
             value = self.config.get(key)
             if redact and spec.secret and value:
                 value = REDACTED
@@ -229,14 +240,14 @@ def config_files(explicit: Path | None) -> list[Path]:
 def resolve_config(flags: dict[str, Any] | None = None, config_file: Path | None = None,
                    environ: dict[str, str] | None = None) -> ResolvedConfig:
     environ = os.environ if environ is None else environ
-    values = {key: spec.default for key, spec in SPECS.items()}
-    sources = {key: "default" for key in SPECS}
+    values = {key: spec.default for key, spec in _specs().items()}
+    sources = {key: "default" for key in _specs()}
     if config_file is None and environ.get("LLMCTL_CONFIG"):
         config_file = Path(environ["LLMCTL_CONFIG"])
     for path in config_files(config_file):
         for key, value in read_toml_file(path).items():
             values[key], sources[key] = value, str(path)
-    for key, spec in SPECS.items():
+    for key, spec in _specs().items():
         for name in reversed(spec.env_names):  # reversed: the first name is applied last and wins
             if name in environ:
                 values[key] = coerce(spec, environ[name], f"environment variable {name}")

@@ -151,3 +151,28 @@ def test_prompt_against_an_openai_compatible_server(cli, monkeypatch):
     for path in __import__("pathlib").Path(home).rglob("*"):
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path
+
+
+def test_ctrl_c_is_exit_130_without_a_traceback(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests.fake_openai import FakeOpenAI
+
+    root = Path(__file__).resolve().parent.parent
+    with FakeOpenAI() as server:
+        server.faults.append(("sleep", 5.0))
+        env = {**os.environ, "PYTHONPATH": str(root), "LLMCTL_HOME": str(tmp_path / "h")}
+        proc = subprocess.Popen([sys.executable, "-m", "llmctl", "prompt", "--base-url", server.url, "-m", "fake-model",
+                                 "hi"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not server.requests and time.monotonic() < deadline:  # wait until the request is in flight
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err.strip() == "error: interrupted" and "Traceback" not in err

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from llmctl.cli.options import JsonOpt, state
 from llmctl.cli.output import fmt_value, out, print_json
-from llmctl.config import PROJECT_FILE, REDACTED, SPECS, set_config_value, spec_for
+from llmctl.config import PROJECT_FILE, REDACTED, set_config_value, spec_for
 from llmctl.paths import user_config_path
 
 app = typer.Typer(no_args_is_help=True)
@@ -32,11 +31,13 @@ def show(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     if json_out:
         print_json({key: {"value": value, "source": source} for key, value, source in rows})
         return
+    from rich.table import Table
+
     table = Table(show_edge=False, pad_edge=False)
     for column in ("key", "value", "source", "meaning"):
         table.add_column(column, overflow="fold")
     for key, value, source in rows:
-        table.add_row(key, fmt_value(value), source, SPECS[key].help, style="dim" if source == "default" else "")
+        table.add_row(key, fmt_value(value), source, spec_for(key, "config show").help, style="dim" if source == "default" else "")
     out.print(table)
 
 

@@ -6,7 +6,6 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from llmctl.cli.options import JsonOpt
 from llmctl.cli.output import fmt_value, out, print_json
@@ -34,6 +33,8 @@ def list_logs(ctx: typer.Context,
     if not rows:
         out.print("no log entries yet")
         return
+    from rich.table import Table
+
     table = Table(show_edge=False, pad_edge=False)
     for column in ("id", "time (UTC)", "model", "prompt", "response", "tokens"):
         table.add_column(column, no_wrap=column not in ("prompt", "response"), overflow="fold")

@@ -57,6 +57,8 @@ def run(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         code = app(args=argv, standalone_mode=False, prog_name="llmctl")
+        if code == EXIT_INTERRUPTED:  # typer catches Ctrl-C itself and returns 130 silently
+            error_line("interrupted")
     except typer.Exit as e:
         code = e.exit_code
     except LlmctlError as e:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from llmctl.cli.options import JsonOpt
 from llmctl.cli.output import fmt_value, out, print_json
@@ -34,6 +33,8 @@ def list_models(json_out: JsonOpt = False) -> None:
     if json_out:
         print_json([_entry_doc(e, aliases.get(e.name, [])) for e in entries])
         return
+    from rich.table import Table
+
     table = Table(show_edge=False, pad_edge=False)
     for column in ("name", "provider", "source", "template", "context", "aliases"):
         table.add_column(column)
@@ -56,6 +57,8 @@ def show(name: Annotated[str, typer.Argument(help="Registry name, alias or model
     if json_out:
         print_json(doc)
         return
+    from rich.table import Table
+
     table = Table(show_header=False, show_edge=False, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
