@@ -93,3 +93,17 @@ def load_last_conversation(store) -> tuple[Conversation, str | None]:
     conversation = Conversation(system=turns[-1].get("system"), id=cid,
                                 turns=[(t["prompt"], t["response"]) for t in turns])
     return conversation, turns[-1].get("model")
+
+
+def start_conversation(config: Config, resume: bool, *, model_given: bool, system_given: bool) -> Conversation:
+    """A new conversation, or with -c/--continue the last logged one (and its model unless -m was given)."""
+    if not resume:
+        return Conversation(system=config.system)
+    from llmctl.logs import LogStore
+
+    conversation, last_model = load_last_conversation(LogStore())
+    if last_model and not model_given:
+        config.model = last_model
+    if system_given or conversation.system is None:
+        conversation.system = config.system
+    return conversation

@@ -32,7 +32,7 @@ def pick_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("hf.device is 'cuda' but no CUDA device is available", hint="use --device cpu or auto")
+        raise UsageError("hf.device is 'cuda' but no CUDA device is available", hint="set hf.device to cpu or auto (llmctl config set hf.device auto, or LLMCTL_HF_DEVICE=auto)")
     return torch.device(name)
 
 

@@ -40,18 +40,12 @@ def chat(
     """Chat with a model. Type /help inside for commands (/system, /set, /reset, /save, /load, /exit)."""
     from llmctl.chat import ChatSession, run_repl
     from llmctl.logs import LogStore
-    from llmctl.prompting import Conversation, load_last_conversation, open_backend, resolve_entry, sampling_params
+    from llmctl.prompting import open_backend, resolve_entry, sampling_params, start_conversation
 
     cfg = state(ctx).config(sampling_flags(temperature, top_p, top_k, seed, max_tokens, repetition_penalty,
                                            timeout, retries, system, model)).config
     store = LogStore() if cfg.log.enabled and not no_log else None
-    conversation = Conversation(system=cfg.system)
-    if continue_:
-        conversation, last_model = load_last_conversation(LogStore())
-        if model is None and last_model:
-            cfg.model = last_model
-        if system is not None:
-            conversation.system = system
+    conversation = start_conversation(cfg, continue_, model_given=model is not None, system_given=system is not None)
     entry = resolve_entry(cfg.model, base_url)
     with err.status(f"loading {entry.name}…", spinner="dots"):
         backend = open_backend(entry, cfg)

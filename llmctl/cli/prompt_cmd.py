@@ -62,7 +62,7 @@ def prompt(
     llmctl prompt --raw --top-probs 10 "The Eiffel Tower is located in"
     """
     from llmctl.logs import LogStore
-    from llmctl.prompting import (Conversation, build_request, load_last_conversation, log_exchange,
+    from llmctl.prompting import (build_request, log_exchange, start_conversation,
                                   open_backend, resolve_entry, sampling_params)
     from llmctl.templates import load_shots
 
@@ -71,13 +71,7 @@ def prompt(
                                                 timeout, retries, system, model))
     cfg = settings.config
     log_enabled = cfg.log.enabled and not no_log
-    conversation = Conversation(system=cfg.system)
-    if continue_:
-        conversation, last_model = load_last_conversation(LogStore())
-        if model is None and last_model:
-            cfg.model = last_model
-        if system is not None:
-            conversation.system = system
+    conversation = start_conversation(cfg, continue_, model_given=model is not None, system_given=system is not None)
     if shots is not None:
         conversation.shots = load_shots(shots)
     entry = resolve_entry(cfg.model, base_url)
