@@ -12,6 +12,7 @@ EXIT_INTERNAL = 1  # a bug: please report it (run with --debug for the traceback
 EXIT_USAGE = 2  # bad flag, bad input file, bad config value, empty prompt
 EXIT_MODEL = 3  # unknown model, registry problem, model files missing or unloadable
 EXIT_REMOTE = 4  # API key missing/rejected, server unreachable, rate-limited, remote error
+EXIT_TRAINING = 5  # training diverged (NaN/inf loss) or ran out of memory; the last good checkpoint is kept
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), the shell convention
 
 
@@ -49,3 +50,9 @@ class RemoteError(LlmctlError):
     """The remote API failed: no key, rejected key, unreachable, rate limit, server error."""
 
     exit_code = EXIT_REMOTE
+
+
+class TrainingError(LlmctlError):
+    """Training cannot go on (a NaN/inf loss, out of memory); checkpoints already written are intact."""
+
+    exit_code = EXIT_TRAINING

@@ -1,0 +1,53 @@
+"""The live training display (stderr): step, loss, lr, tokens/s, ETA; evaluations as lines."""
+
+from __future__ import annotations
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from llmctl.cli.output import err
+
+SCALE = 10_000  # the bar tracks the run's progress fraction (steps, tokens or time, whichever leads)
+
+
+class TrainProgress:
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.progress = Progress(
+            TextColumn("step {task.fields[step]}"), BarColumn(bar_width=24),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
+            TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=err, transient=False, disable=not enabled)
+        self.task = None
+
+    def __enter__(self) -> "TrainProgress":
+        self.progress.__enter__()
+        self.task = self.progress.add_task("train", total=SCALE, step=0, loss="-", lr="-", tps="-", visible=False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        if "val_loss" in row:
+            bpc = f" · {row['val_bpc']:.3f} bits/char" if "val_bpc" in row else ""
+            best = " (best)" if row.get("best") else ""
+            self.progress.console.print(f"[bold]step {row['step']}[/] · val loss {row['val_loss']:.4f}"
+                                        f" · ppl {row['val_ppl']:.2f}{bpc}{best}")
+            if row.get("sample"):
+                sample = " ".join(row["sample"].split())[:150]
+                self.progress.console.print(f"  [dim]sample:[/] {sample}", markup=True, highlight=False)
+            return
+        self.progress.update(self.task, completed=min(SCALE, int(row["progress"] * SCALE)), visible=True,
+                             step=row["step"], loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
+                             tps=f"{row['tokens_per_s']:,.0f}")
+
+    def print_summary(self, summary: dict) -> None:
+        err.print(f"[bold green]done[/]: {summary['steps']} steps, {summary['tokens']:,} tokens in "
+                  f"{summary['seconds']:.0f} s ({summary['tokens_per_s']:,.0f} tok/s) · "
+                  f"val loss {summary['final_val_loss']:.4f} · {summary.get('val_bpc')} bits/char")
+        where = f"registered as [bold]{summary['name']}[/]: " if summary.get("name") else ""
+        err.print(f"{where}model in {summary['output_dir']} (loss curve: loss.png)")
+        if summary.get("name"):
+            err.print(f'try: llmctl prompt -m {summary["name"]} "..."')

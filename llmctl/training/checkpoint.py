@@ -1,0 +1,105 @@
+"""Checkpoints that survive a kill at any moment.
+
+Each checkpoint is a directory `step-NNNNNNN/` written under a temporary name and renamed; the
+pointer files `last` and `best` name the current ones and are replaced atomically after the
+directory is complete. Older directories are removed only after the pointer moved on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmctl.errors import UsageError
+from llmctl.fsutil import atomic_write_json, atomic_write_text
+
+STATE = "state.json"
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_checkpoint(root: Path, model, optimizer, state: dict[str, Any], pointers: tuple[str, ...] = ("last",),
+                     keep: int = 1) -> Path:
+    """Save model, optimizer, RNG and loop state as step-N/, then point `pointers` at it."""
+    from safetensors.torch import save_model
+
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{state['step']:07d}"
+    final, tmp = root / name, root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(_rng_state(), tmp / "rng.pt")
+    atomic_write_json(tmp / STATE, state)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for pointer in pointers:
+        atomic_write_text(root / pointer, name + "\n")
+    _prune(root, keep)
+    return final
+
+
+def _prune(root: Path, keep: int) -> None:
+    """Remove step directories that no pointer names, keeping the newest `keep`."""
+    named = {(root / p).read_text().strip() for p in ("last", "best") if (root / p).is_file()}
+    steps = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for path in steps[:-keep] if keep > 0 else steps:
+        if path.name not in named:
+            shutil.rmtree(path, ignore_errors=True)
+    for stale in root.glob(".step-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def find_checkpoint(root: Path, which: str = "last") -> Path | None:
+    pointer = root / which
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    return path if (path / STATE).is_file() else None
+
+
+def resolve_resume(resume: str | None, root: Path) -> Path | None:
+    """--resume auto (the run's last checkpoint, if any) or a checkpoint directory."""
+    if not resume:
+        return None
+    if resume == "auto":
+        return find_checkpoint(root)
+    path = Path(resume).expanduser()
+    if path.is_dir() and not (path / STATE).is_file():  # a run or checkpoints directory
+        for candidate in (path / "checkpoints", path):
+            found = find_checkpoint(candidate)
+            if found:
+                return found
+    if not (path / STATE).is_file():
+        raise UsageError(f"--resume {resume}: no checkpoint there", hint="use --resume auto or a step-N directory")
+    return path
+
+
+def read_checkpoint(path: Path, model, device: torch.device) -> tuple[dict[str, Any], dict, dict[str, Any]]:
+    """Load weights into `model`; return (loop state, optimizer state, RNG state)."""
+    from safetensors.torch import load_model
+
+    load_model(model, str(path / "model.safetensors"), device=str(device))
+    optimizer_state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
+    rng = torch.load(path / "rng.pt", weights_only=True)
+    return json.loads((path / STATE).read_text()), optimizer_state, rng
+
+
+restore_rng = _set_rng_state
