@@ -24,7 +24,7 @@ from llmctl.pretrain.data import CorpusSpec
 from llmctl.pretrain.model import GPTConfig, build_model, count_parameters
 from llmctl.pretrain.prepare import prepare_data
 from llmctl.pretrain.shards import Manifest, load_tokens
-from llmctl.training.loop import TrainConfig, Trainer
+from llmctl.training.loop import TrainConfig, Trainer, cpu_only
 
 TRAIN_RECORD = "llmctl-train.json"
 
@@ -78,12 +78,13 @@ class PretrainTask:
         start = (micro * world + rank) * bs  # the global batch is the same whatever the number of processes
         return self._windows(self.train_tokens, offsets[start:start + bs])
 
-    def eval_batches(self):
+    def eval_batches(self, rank: int, world: int):
         generator = torch.Generator().manual_seed(self.cfg.seed + 1)
-        for _ in range(self.cfg.eval_batches):
-            offsets = torch.randint(0, len(self.val_tokens) - self.context - 1, (self.cfg.batch_size,),
-                                    generator=generator)
-            yield self._windows(self.val_tokens, offsets)
+        bs = self.cfg.batch_size
+        offsets = torch.randint(0, len(self.val_tokens) - self.context - 1, (self.cfg.eval_batches * bs * world,),
+                                generator=generator)
+        for start in range(rank * bs, len(offsets), bs * world):  # each process takes every world-th slice
+            yield self._windows(self.val_tokens, offsets[start:start + bs])
 
     def eval_extras(self, val_loss: float) -> dict[str, float]:
         # Bits per character compares runs with different tokenizers: nats/token -> bits/char.
@@ -116,7 +117,7 @@ def pretrain(cfg: PretrainConfig, note: Callable[[str], None] = lambda s: None,
     _quiet_transformers()
     cfg.train.check()
     cfg.out.mkdir(parents=True, exist_ok=True)
-    state = PartialState()
+    state = PartialState(cpu=cpu_only())
     spec = CorpusSpec(cfg.data, cfg.glob, cfg.text_field, cfg.min_chars)
     if not 0 < cfg.val_fraction < 1:
         raise UsageError(f"--val-fraction must be between 0 and 1, got {cfg.val_fraction}")
@@ -137,29 +138,29 @@ def pretrain(cfg: PretrainConfig, note: Callable[[str], None] = lambda s: None,
     trainer.setup()
     note(f"training {parameters:,} parameters on {state.num_processes} process(es), "
          f"{tokens_per_step:,} tokens a step")
-    start_tokens = trainer.state["tokens"]
-    start_seconds = trainer.state["elapsed"]
+    start_tokens, start_seconds = trainer.state["tokens"], trainer.state["elapsed"]
     try:
         final = trainer.train()
+        seconds = trainer.state["elapsed"] - start_seconds
+        tps = (trainer.state["tokens"] - start_tokens) / max(1e-9, seconds)
+        summary = {
+            "steps": trainer.state["step"], "tokens": trainer.state["tokens"],
+            "seconds": round(trainer.state["elapsed"], 2), "tokens_per_s": round(tps, 1),
+            "final_train_loss": trainer.history.get("final_train_loss"), "final_val_loss": final["val_loss"],
+            "val_bpc": final.get("val_bpc"), "val_ppl": final["val_ppl"], "best_val_loss": trainer.state["best_val_loss"],
+            "parameters": parameters, "output_dir": str(cfg.out), "processes": state.num_processes,
+            "sample": trainer.history.get("sample"),
+        }
+        mfu = trainer.mfu(tps, flops_per_token(model, cfg.model))
+        if mfu is not None:
+            summary["mfu"] = round(mfu, 4)
+        if state.is_main_process:
+            _save_model(trainer.unwrapped(), tokenizer, cfg, summary, data_summary)
+            if cfg.register:
+                summary["name"] = _register(cfg, summary, manifest, parameters)
+        state.wait_for_everyone()
     finally:
         trainer.cleanup(f"{default_name(cfg.out)}: {parameters:,} parameters")
-    seconds = trainer.state["elapsed"] - start_seconds
-    tps = (trainer.state["tokens"] - start_tokens) / max(1e-9, seconds)
-    summary = {
-        "steps": trainer.state["step"], "tokens": trainer.state["tokens"], "seconds": round(trainer.state["elapsed"], 2),
-        "tokens_per_s": round(tps, 1), "final_train_loss": trainer.history.get("final_train_loss"),
-        "final_val_loss": final["val_loss"], "val_bpc": final.get("val_bpc"), "val_ppl": final["val_ppl"],
-        "best_val_loss": trainer.state["best_val_loss"], "parameters": parameters, "output_dir": str(cfg.out),
-        "processes": state.num_processes, "sample": trainer.history.get("sample"),
-    }
-    mfu = trainer.mfu(tps, flops_per_token(model, cfg.model))
-    if mfu is not None:
-        summary["mfu"] = round(mfu, 4)
-    if state.is_main_process:
-        _save_model(trainer.unwrapped(), tokenizer, cfg, summary, data_summary)
-        if cfg.register:
-            summary["name"] = _register(cfg, summary, manifest, parameters)
-    state.wait_for_everyone()
     return summary
 
 

@@ -75,15 +75,32 @@ def write_shards(spec: CorpusSpec, tokenizer, tokenizer_name: str, directory: Pa
     files = {name: open(path, "wb") for name, path in tmp.items()}
     batch: list[tuple[str, bool, bool]] = []  # (text, is validation, ends a document)
 
+    pieces_in = {"train": 0, "val": 0}
+    last_piece: dict[str, tuple[list[int], int]] = {}  # split -> (ids, chars) of its latest piece
+
+    def add(name: str, ids: list[int], chars: int) -> None:
+        np.asarray(ids, dtype=dtype).tofile(files[name])
+        setattr(manifest, f"{name}_tokens", getattr(manifest, f"{name}_tokens") + len(ids))
+        setattr(manifest, f"{name}_chars", getattr(manifest, f"{name}_chars") + chars)
+        pieces_in[name] += 1
+        last_piece[name] = (ids, chars)
+
     def flush() -> None:
         encoded = tokenizer.backend_tokenizer.encode_batch([t for t, _, _ in batch], add_special_tokens=False)
         for (text, val, last), enc in zip(batch, encoded):
-            ids = list(enc.ids) + ([eot] if last else [])
-            name = "val" if val else "train"
-            np.asarray(ids, dtype=dtype).tofile(files[name])
-            setattr(manifest, f"{name}_tokens", getattr(manifest, f"{name}_tokens") + len(ids))
-            setattr(manifest, f"{name}_chars", getattr(manifest, f"{name}_chars") + len(text) + (1 if last else 0))
+            add("val" if val else "train", list(enc.ids) + ([eot] if last else []), len(text) + (1 if last else 0))
         batch.clear()
+
+    def rebalance() -> None:
+        """A small corpus can leave a split empty by chance: move the other split's last piece over."""
+        for empty, full in (("val", "train"), ("train", "val")):
+            if pieces_in[empty] == 0 and pieces_in[full] > 1:
+                ids, chars = last_piece[full]
+                files[full].truncate(files[full].tell() - len(ids) * np.dtype(dtype).itemsize)
+                setattr(manifest, f"{full}_tokens", getattr(manifest, f"{full}_tokens") - len(ids))
+                setattr(manifest, f"{full}_chars", getattr(manifest, f"{full}_chars") - chars)
+                pieces_in[full] -= 1
+                add(empty, ids, chars)
 
     try:
         for doc_number, text in enumerate(iter_documents(spec, report)):
@@ -96,6 +113,7 @@ def write_shards(spec: CorpusSpec, tokenizer, tokenizer_name: str, directory: Pa
                     on_progress(report.documents, manifest.train_tokens + manifest.val_tokens)
         if batch:
             flush()
+        rebalance()
         for f in files.values():
             f.close()
         if report.documents == 0:

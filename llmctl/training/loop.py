@@ -63,12 +63,18 @@ class TrainConfig:
             self.max_steps = 1000
 
 
+def cpu_only() -> bool:
+    """No accelerator here: accelerate must be told, or torchrun on CPU runs N separate jobs."""
+    mps = getattr(torch.backends, "mps", None)
+    return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
+
+
 class TrainTask(Protocol):
     def train_batch(self, step: int, micro: int, rank: int, world: int) -> dict[str, torch.Tensor]:
         """Micro-batch `micro` of step `step` for this process: input_ids, labels (-100 = no loss)."""
 
-    def eval_batches(self) -> Iterable[dict[str, torch.Tensor]]:
-        """The fixed validation batches."""
+    def eval_batches(self, rank: int, world: int) -> Iterable[dict[str, torch.Tensor]]:
+        """This process's share of the fixed validation set (the same set whatever `world` is)."""
 
     def eval_extras(self, val_loss: float) -> dict[str, float]:
         """Extra validation metrics (e.g. bits per character)."""
@@ -118,7 +124,7 @@ class Trainer:
         precision = self.cfg.precision
         if precision == "auto":
             precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-        self.accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision))
+        self.accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision), cpu=cpu_only())
         self.device = self.accelerator.device
         start = resolve_resume(self.resume, self.checkpoints)
         if self.resume and self.resume != "auto" and start is None:
@@ -180,7 +186,8 @@ class Trainer:
                 s["elapsed"] = time.perf_counter() - t0
                 window_tokens += self.tokens_per_step
                 last_loss = loss
-                if s["step"] % c.log_every == 0 or s["step"] == 1:
+                finishing = self.progress(s["elapsed"]) >= 1.0
+                if s["step"] % c.log_every == 0 or s["step"] == 1 or finishing:
                     now = time.perf_counter()
                     tps = window_tokens / max(1e-9, now - window_start)
                     window_start, window_tokens = now, 0
@@ -227,12 +234,17 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
-        losses = []
-        for batch in self.task.eval_batches():
+        acc = self.accelerator
+        totals = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss x rows, rows
+        for batch in self.task.eval_batches(acc.process_index, acc.num_processes):
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            with self.accelerator.autocast():
-                losses.append(float(lm_loss(model, batch)))
-        val_loss = sum(losses) / max(1, len(losses))
+            with acc.autocast():
+                rows = batch["input_ids"].size(0)
+                totals += torch.tensor([float(lm_loss(model, batch)) * rows, rows], device=self.device,
+                                       dtype=torch.float64)
+        if acc.num_processes > 1:
+            totals = acc.reduce(totals, reduction="sum")
+        val_loss = float(totals[0] / totals[1].clamp(min=1))
         row = {"step": self.state["step"], "val_loss": round(val_loss, 5),
                "val_ppl": round(math.exp(min(val_loss, 50)), 3), **self.task.eval_extras(val_loss)}
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
