@@ -111,3 +111,12 @@ def test_shards_are_written_and_reused(tmp_path):
     assert reused and again == manifest and (data / "train.bin").stat().st_mtime_ns == stamp
     text_file.write_text(text_file.read_text() + "one more line\n")
     assert not prepare_data(spec, "char", 0, data, 1, 0.1)[2]  # a changed input is re-tokenized
+
+
+def test_parquet_through_datasets(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"text": ["parquet one", "parquet two"], "id": [1, 2]}), path)
+    assert list(iter_documents(CorpusSpec([str(path)]), CorpusReport())) == ["parquet one", "parquet two"]

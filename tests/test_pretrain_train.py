@@ -211,3 +211,39 @@ def test_context_longer_than_the_data(cli, tmp_path):
             "--max-steps", "2")
     assert r.code == 2
     assert_one_error_line(r.err, "is longer than the validation data")
+
+
+def test_borrowed_tokenizer_and_token_budget(cli, corpus_file, tmp_path, tiny_chat_model):
+    out = tmp_path / "borrowed"
+    r = cli("pretrain", "--data", str(corpus_file), "--out", str(out), *TINY[2:], "--tokenizer", str(tiny_chat_model),
+            "--max-tokens", "1000", "--eval-every", "100", "--no-register", "--json")
+    assert r.code == 0, r.err
+    summary = r.json()
+    assert summary["steps"] == 8 and summary["tokens"] == 8 * 4 * 32  # the first step past 1000 tokens
+    from transformers import AutoTokenizer
+
+    assert len(AutoTokenizer.from_pretrained(out)) == len(AutoTokenizer.from_pretrained(tiny_chat_model))
+
+
+def test_no_disk_space_for_shards_leaves_nothing(corpus_file, tmp_path, monkeypatch):
+    import errno
+
+    from llmctl.errors import UsageError
+    from llmctl.pretrain.data import CorpusSpec
+    from llmctl.pretrain.prepare import prepare_data
+
+    class FullDisk:
+        def __init__(self, path, mode):
+            self.file = open(path, mode)
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    monkeypatch.setattr("llmctl.pretrain.shards.open", FullDisk, raising=False)
+    data = tmp_path / "data"
+    with pytest.raises(UsageError, match="no disk space left for token shards"):
+        prepare_data(CorpusSpec([str(corpus_file)]), "char", 0, data, 1, 0.1)
+    assert not list(data.glob("*.bin")) and not list(data.glob(".*.tmp")) and not (data / "manifest.json").exists()

@@ -101,7 +101,7 @@ def pretrain(
     main = _is_main_rank()
     note = (lambda text: err.print(f"[dim]{text}[/]")) if main else (lambda text: None)
     with TrainProgress(enabled=main) as progress:
-        summary = run_pretrain(config, note=note, on_progress=progress.update)
+        summary = run_pretrain(config, note=note, on_progress=progress.update, on_data_progress=progress.data)
     if not main:
         return
     if json_out:

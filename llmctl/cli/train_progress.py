@@ -13,19 +13,29 @@ class TrainProgress:
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.progress = Progress(
-            TextColumn("step {task.fields[step]}"), BarColumn(bar_width=24),
+            TextColumn("{task.fields[step]}"), BarColumn(bar_width=24),
             TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
             TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=err, transient=False, disable=not enabled)
         self.task = None
+        self.data_task = None
 
     def __enter__(self) -> "TrainProgress":
         self.progress.__enter__()
-        self.task = self.progress.add_task("train", total=SCALE, step=0, loss="-", lr="-", tps="-", visible=False)
+        self.task = self.progress.add_task("train", total=SCALE, step="step 0", loss="-", lr="-", tps="-", visible=False)
         return self
 
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
+
+    def data(self, documents: int, total: int, tokens: int) -> None:
+        """Tokenizing into shards: documents done of total, tokens so far."""
+        if not self.enabled:
+            return
+        if self.data_task is None:
+            self.data_task = self.progress.add_task("shards", total=total, step="tokenizing", loss="-", lr="-",
+                                                    tps=f"{tokens:,} tokens")
+        self.progress.update(self.data_task, completed=documents, tps=f"{tokens:,} tokens")
 
     def update(self, row: dict) -> None:
         if not self.enabled:
@@ -39,8 +49,11 @@ class TrainProgress:
                 sample = " ".join(row["sample"].split())[:150]
                 self.progress.console.print(f"  [dim]sample:[/] {sample}", markup=True, highlight=False)
             return
+        if self.data_task is not None:
+            self.progress.remove_task(self.data_task)
+            self.data_task = None
         self.progress.update(self.task, completed=min(SCALE, int(row["progress"] * SCALE)), visible=True,
-                             step=row["step"], loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
+                             step=f"step {row['step']}", loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
                              tps=f"{row['tokens_per_s']:,.0f}")
 
     def print_summary(self, summary: dict) -> None:

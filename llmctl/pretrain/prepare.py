@@ -17,7 +17,7 @@ TOKENIZER_DIR = "tokenizer"
 
 def prepare_data(spec: CorpusSpec, tokenizer_kind: str, vocab_size: int, data_dir: Path, seed: int,
                  val_fraction: float, note: Callable[[str], None] = lambda s: None,
-                 on_progress: Callable[[int, int], None] | None = None) -> tuple[object, Manifest, bool]:
+                 on_progress: Callable[[int, int, int], None] | None = None) -> tuple[object, Manifest, bool]:
     """Returns (tokenizer, manifest, reused)."""
     from transformers import AutoTokenizer
 
@@ -36,7 +36,8 @@ def prepare_data(spec: CorpusSpec, tokenizer_kind: str, vocab_size: int, data_di
         if report.documents == 0:
             raise UsageError(_empty_message(report), hint="check --data, --glob and --min-chars") from None
         raise
-    if report.documents == 0:
+    trained_here = tokenizer_kind in ("bpe", "char")  # a borrowed tokenizer has not read the corpus yet
+    if trained_here and report.documents == 0:
         raise UsageError(_empty_message(report), hint="check --data, --glob and --min-chars")
     if report.skipped_files:
         note(f"skipped {len(report.skipped_files)} files that are not UTF-8 text, e.g. {report.skipped_files[0]}")
@@ -45,6 +46,9 @@ def prepare_data(spec: CorpusSpec, tokenizer_kind: str, vocab_size: int, data_di
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(data_dir / TOKENIZER_DIR, ignore_errors=True)
     tmp.rename(data_dir / TOKENIZER_DIR)
-    note(f"tokenizing {report.documents:,} documents ({report.characters:,} characters)…")
-    manifest = write_shards(spec, tokenizer, tokenizer_kind, data_dir, seed, val_fraction, key, on_progress)
+    note(f"tokenizing {report.documents:,} documents ({report.characters:,} characters)…" if trained_here
+         else "tokenizing the corpus…")
+    total = report.documents if trained_here else None
+    progress = (lambda docs, tokens: on_progress(docs, total, tokens)) if on_progress else None
+    manifest = write_shards(spec, tokenizer, tokenizer_kind, data_dir, seed, val_fraction, key, progress)
     return tokenizer, manifest, False

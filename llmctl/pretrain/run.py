@@ -109,7 +109,9 @@ def flops_per_token(model, c: GPTConfig) -> float:
 
 
 def pretrain(cfg: PretrainConfig, note: Callable[[str], None] = lambda s: None,
-             on_progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
+             on_progress: Callable[[dict], None] | None = None,
+             on_data_progress: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
+    """Prepare, train, save and register; returns the summary (`--json`). Progress goes to the callbacks."""
     from accelerate import PartialState
 
     from llmctl.backends.hf import _quiet_transformers
@@ -123,7 +125,8 @@ def pretrain(cfg: PretrainConfig, note: Callable[[str], None] = lambda s: None,
         raise UsageError(f"--val-fraction must be between 0 and 1, got {cfg.val_fraction}")
     with state.main_process_first():  # rank 0 tokenizes; the others then find the shards and reuse them
         tokenizer, manifest, reused = prepare_data(spec, cfg.tokenizer, cfg.vocab_size, cfg.out / "data",
-                                                   cfg.train.seed, cfg.val_fraction, note if state.is_main_process else (lambda s: None))
+                                                   cfg.train.seed, cfg.val_fraction, note if state.is_main_process else (lambda s: None),
+                                                   on_data_progress if state.is_main_process else None)
     data_summary = {"train_tokens": manifest.train_tokens, "val_tokens": manifest.val_tokens,
                     "vocab_size": manifest.vocab_size, "reused": reused, "corpus": manifest.corpus,
                     "data_dir": str(cfg.out / "data")}

@@ -79,7 +79,7 @@ def write_shards(spec: CorpusSpec, tokenizer, tokenizer_name: str, directory: Pa
     last_piece: dict[str, tuple[list[int], int]] = {}  # split -> (ids, chars) of its latest piece
 
     def add(name: str, ids: list[int], chars: int) -> None:
-        np.asarray(ids, dtype=dtype).tofile(files[name])
+        files[name].write(np.asarray(ids, dtype=dtype).tobytes())
         setattr(manifest, f"{name}_tokens", getattr(manifest, f"{name}_tokens") + len(ids))
         setattr(manifest, f"{name}_chars", getattr(manifest, f"{name}_chars") + chars)
         pieces_in[name] += 1
