@@ -26,7 +26,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 NANOGPT_BPC = 2.72  # nats 1.886 / ln 2, measured on this machine class (shared/data/README.md)
-STEPS = 40
+STEPS = 60
 
 
 def plain_loop(model, task, steps: int, lr: float) -> float:
@@ -59,7 +59,7 @@ def speed(corpus: Path) -> dict:
     task = PretrainTask(work / "data", manifest, tokenizer, gpt.context, train)
     tokens = STEPS * train.batch_size * gpt.context
     results = {"plain_s": [], "llmctl_s": []}
-    for _ in range(2):  # alternate, so drift on a noisy machine hits both
+    for _ in range(3):  # alternate, so drift on a noisy machine hits both
         results["plain_s"].append(plain_loop(build_model(gpt, manifest.vocab_size, manifest.eot_id, 0), task, STEPS, 1e-3))
         trainer = Trainer(build_model(gpt, manifest.vocab_size, manifest.eot_id, 0), task, train, work / "run",
                           tokens_per_step=train.batch_size * gpt.context)

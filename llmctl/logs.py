@@ -6,11 +6,13 @@ in `_migrations`, so a database from any earlier version upgrades in place and k
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
 import time
-from contextlib import closing as _closing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +20,9 @@ from typing import Any, Callable
 from llmctl.errors import UsageError
 from llmctl.paths import logs_db_path
 
-SECRET_KEYS = ("api_key", "apikey", "authorization", "access_token", "auth_token", "password", "secret")
+# Substrings, matched case-insensitively against keys: "openai_api_key" and "Authorization" both go.
+SECRET_KEYS = ("api_key", "apikey", "authorization", "password", "secret")
+BUSY_TIMEOUT_S = 30.0
 
 
 def _m001_initial(db: sqlite3.Connection) -> None:
@@ -48,108 +52,143 @@ def _m003_indexes(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX responses_conversation ON responses(conversation_id, id)")
 
 
+# Applied in this order, each once; a migration is recorded under its function name.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_initial, _m002_usage_and_provenance, _m003_indexes]
 
 
+def _is_secret(key: object) -> bool:
+    name = str(key).lower().replace("-", "_")  # header spellings too: X-Api-Key
+    # "token" alone or "hf_token" is a credential; "max_tokens" is not.
+    return any(s in name for s in SECRET_KEYS) or name == "token" or name.endswith("_token")
+
+
 def scrub(params: dict[str, Any]) -> dict[str, Any]:
-    """Drop anything that looks like a credential before it can reach the disk."""
-    return {k: v for k, v in params.items() if not any(s in k.lower() for s in SECRET_KEYS)}
+    """Drop anything that looks like a credential (at any depth) before it can reach the disk."""
+    return {k: scrub(v) if isinstance(v, dict) else v for k, v in params.items() if not _is_secret(k)}
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _json(value: Any) -> str:
+    # default=str: a Path or an enum in params should be logged as text, not lose the whole entry.
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 class LogStore:
+    """One log database; every method opens and closes its own connection, so a store is cheap to keep."""
+
     def __init__(self, path: Path | None = None, *, upto: int | None = None):
+        """`upto` applies only the first N migrations: for tests that build an old database."""
         self.path = Path(path) if path else logs_db_path()
-        self._migrate(MIGRATIONS[:upto] if upto else MIGRATIONS)
+        self._migrate(MIGRATIONS if upto is None else MIGRATIONS[:upto])
 
-    def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def _unusable(self, e: BaseException) -> UsageError:
+        if "locked" in str(e):
+            return UsageError(f"the log database {self.path} is locked: {e}",
+                              hint="another llmctl process is holding it; try again")
+        if isinstance(e, OSError) or "unable to open" in str(e):
+            return UsageError(f"cannot open the log database {self.path}: {e}",
+                              hint="check that LLMCTL_HOME is a writable folder, or pass --no-log")
+        return UsageError(f"the log database {self.path} is unreadable: {e}",
+                          hint="move it aside; a new one is created on the next prompt")
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             # timeout: a second process writing at the same moment waits instead of failing.
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            return db
-        except sqlite3.DatabaseError as e:
-            raise UsageError(f"cannot open the log database {self.path}: {e}",
-                             hint="move it aside; a new one is created on the next prompt") from None
-
-    def _migrate(self, migrations: list) -> None:
-        db = self._connect()
+            # isolation_level=None: autocommit, so transactions are exactly the BEGINs written here.
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except (OSError, sqlite3.DatabaseError) as e:
+            raise self._unusable(e) from None
+        db.row_factory = sqlite3.Row
         try:
+            yield db
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+            raise  # our bug, not the file's
+        except sqlite3.DatabaseError as e:  # not a database, malformed, locked past the timeout, read-only
+            raise self._unusable(e) from None
+        finally:
+            db.close()
+
+    def _migrate(self, migrations: list[Callable[[sqlite3.Connection], None]]) -> None:
+        with self._connect() as db:
+            # WAL lets readers and a writer work at once; the setting is stored in the file.
+            db.execute("PRAGMA journal_mode=WAL")
             db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)")
+            if not {m.__name__ for m in migrations} - self._applied(db):
+                return  # the common case: no write lock taken
             for migration in migrations:
-                db.execute("BEGIN IMMEDIATE")  # one process migrates at a time; the others see it done
+                db.execute("BEGIN IMMEDIATE")  # one process migrates at a time; the others then see it done
                 try:
-                    done = db.execute("SELECT 1 FROM _migrations WHERE name = ?", (migration.__name__,)).fetchone()
-                    if not done:
+                    if migration.__name__ not in self._applied(db):
                         migration(db)
                         db.execute("INSERT INTO _migrations VALUES (?, ?)", (migration.__name__, _now()))
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
-        except sqlite3.DatabaseError as e:
-            raise UsageError(f"the log database {self.path} is unreadable: {e}",
-                             hint="move it aside; a new one is created on the next prompt") from None
-        finally:
-            db.close()
+
+    @staticmethod
+    def _applied(db: sqlite3.Connection) -> set[str]:
+        return {row["name"] for row in db.execute("SELECT name FROM _migrations")}
 
     def applied_migrations(self) -> list[str]:
-        with _closing(self._connect()) as db:
-            return [r["name"] for r in db.execute("SELECT name FROM _migrations ORDER BY name")]
+        """Migration names in the order they were applied."""
+        with self._connect() as db:
+            return [r["name"] for r in db.execute("SELECT name FROM _migrations ORDER BY rowid")]
 
     # -- writing ------------------------------------------------------------------------------------
     def new_conversation(self, model: str) -> str:
         # Time first, so ids sort by creation; random suffix so parallel processes never collide.
-        cid = f"{time.time_ns():x}{os.urandom(4).hex()}"
-        with _closing(self._connect()) as db:
+        cid = f"{time.time_ns():016x}{os.urandom(4).hex()}"
+        with self._connect() as db:
             db.execute("INSERT INTO conversations VALUES (?, ?, ?)", (cid, model, _now()))
         return cid
 
     def log(self, *, conversation_id: str, model: str, provider: str, system: str | None, prompt: str,
             messages: list[dict], rendered_prompt: str, response: str, params: dict, finish_reason: str | None,
             usage: dict, timings: dict) -> int:
-        import hashlib
-
+        """Store one exchange and return its id. The rendered prompt is kept only as a sha256."""
         params = scrub(params)
         row = {
             "conversation_id": conversation_id, "model": model, "provider": provider, "system": system,
-            "prompt": prompt, "response": response, "params": json.dumps(params), "created": _now(),
-            "messages": json.dumps(messages), "seed": params.get("seed"), "finish_reason": finish_reason,
+            "prompt": prompt, "response": response, "params": _json(params), "created": _now(),
+            "messages": _json(messages), "seed": params.get("seed"), "finish_reason": finish_reason,
             "prompt_hash": hashlib.sha256(rendered_prompt.encode("utf-8")).hexdigest(),
             "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
-            "timings": json.dumps(timings),
+            "timings": _json(timings),
         }
-        columns = ", ".join(row)
-        with _closing(self._connect()) as db:
-            cursor = db.execute(f"INSERT INTO responses ({columns}) VALUES ({', '.join('?' * len(row))})",
+        with self._connect() as db:
+            cursor = db.execute(f"INSERT INTO responses ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                                 tuple(row.values()))
             return int(cursor.lastrowid)
 
     # -- reading ------------------------------------------------------------------------------------
     def recent(self, n: int = 10) -> list[dict]:
-        with _closing(self._connect()) as db:
+        """The last n entries, newest first."""
+        with self._connect() as db:
             rows = db.execute("SELECT * FROM responses ORDER BY id DESC LIMIT ?", (n,)).fetchall()
         return [_row_dict(r) for r in rows]
 
     def get(self, response_id: int) -> dict:
-        with _closing(self._connect()) as db:
+        with self._connect() as db:
             row = db.execute("SELECT * FROM responses WHERE id = ?", (response_id,)).fetchone()
         if row is None:
             raise UsageError(f"no log entry {response_id}", hint="`llmctl logs` lists entries")
         return _row_dict(row)
 
     def last_conversation_id(self) -> str | None:
-        with _closing(self._connect()) as db:
+        """The conversation of the newest entry: what -c/--continue picks up."""
+        with self._connect() as db:
             row = db.execute("SELECT conversation_id FROM responses ORDER BY id DESC LIMIT 1").fetchone()
         return row["conversation_id"] if row else None
 
     def conversation(self, conversation_id: str) -> list[dict]:
-        with _closing(self._connect()) as db:
+        """Every entry of one conversation, oldest first."""
+        with self._connect() as db:
             rows = db.execute("SELECT * FROM responses WHERE conversation_id = ? ORDER BY id",
                               (conversation_id,)).fetchall()
         return [_row_dict(r) for r in rows]
@@ -158,7 +197,7 @@ class LogStore:
 def _row_dict(row: sqlite3.Row) -> dict:
     out = dict(row)
     for key in ("params", "messages", "timings"):
+        # Rows from before migration 2 have no messages or timings: None, not an error.
         if out.get(key):
             out[key] = json.loads(out[key])
     return out
-

@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from llmctl.cli.options import JsonOpt
 from llmctl.cli.output import fmt_value, out, print_json
@@ -17,6 +18,12 @@ app = typer.Typer(invoke_without_command=True)
 def _short(text: str | None, width: int) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _tokens(row: dict) -> str:
+    if row["prompt_tokens"] is None and row["completion_tokens"] is None:
+        return "-"
+    return f"{fmt_value(row['prompt_tokens'])}+{fmt_value(row['completion_tokens'])}"
 
 
 @app.callback()
@@ -39,9 +46,20 @@ def list_logs(ctx: typer.Context,
     for column in ("id", "time (UTC)", "model", "prompt", "response", "tokens"):
         table.add_column(column, no_wrap=column not in ("prompt", "response"), overflow="fold")
     for r in rows:
-        table.add_row(str(r["id"]), r["created"][5:16].replace("T", " "), r["model"], _short(r["prompt"], 40),
-                      _short(r["response"], 60), f"{fmt_value(r['prompt_tokens'])}+{fmt_value(r['completion_tokens'])}")
+        # Text(), not str: a prompt about "[bold]" or "[/]" is content, not rich markup.
+        table.add_row(str(r["id"]), r["created"][5:16].replace("T", " "), Text(r["model"]),
+                      Text(_short(r["prompt"], 40)), Text(_short(r["response"], 60)), _tokens(r))
     out.print(table)
+
+
+def _section(title: str, body: str) -> None:
+    """Text the user or model wrote, under its own heading (it may span lines)."""
+    out.print(Text(f"{title}:", style="dim"))
+    out.print(Text(body))
+
+
+def _field(title: str, value: str) -> None:
+    out.print(Text.assemble((f"{title}: ", "dim"), value))
 
 
 @app.command("show")
@@ -52,15 +70,18 @@ def show(response_id: Annotated[int, typer.Argument(metavar="ID", help="Entry id
     if json_out:
         print_json(row)
         return
-    out.print(f"[bold]#{row['id']}[/]  {row['created']}  model [bold]{row['model']}[/] ({row['provider']})"
-              f"  conversation {row['conversation_id']}")
+    out.print(Text.assemble((f"#{row['id']}", "bold"), f"  {row['created']}  model ", (row["model"], "bold"),
+                            f" ({fmt_value(row['provider'])})  conversation {row['conversation_id']}"))
     if row["system"]:
-        out.print(f"[dim]system:[/] {row['system']}")
-    out.print("[dim]prompt:[/]")
-    out.print(row["prompt"], markup=False)
-    out.print("[dim]response:[/]")
-    out.print(row["response"], markup=False)
-    out.print(f"[dim]params:[/] {json.dumps(row['params'])}")
-    out.print(f"[dim]finish:[/] {row['finish_reason']}  [dim]tokens:[/] {row['prompt_tokens']} prompt + "
-              f"{row['completion_tokens']} completion  [dim]timings:[/] {json.dumps(row['timings'])}")
-    out.print(f"[dim]rendered prompt sha256:[/] {row['prompt_hash']}")
+        _section("system", row["system"])
+    messages = row.get("messages") or []
+    # The messages sent differ from system + prompt when there were shots or earlier turns: show them then.
+    if len(messages) > 1 + bool(row["system"]):
+        _section("messages sent", "\n".join(f"[{m.get('role')}] {m.get('content')}" for m in messages))
+    _section("prompt", row["prompt"])
+    _section("response", row["response"])
+    _field("params", json.dumps(row["params"], ensure_ascii=False))
+    _field("usage", f"{fmt_value(row['prompt_tokens'])} prompt + {fmt_value(row['completion_tokens'])} "
+                    f"completion tokens, finish reason {fmt_value(row['finish_reason'])}")
+    _field("timings", json.dumps(row["timings"]) if row["timings"] else "-")
+    _field("rendered prompt sha256", fmt_value(row["prompt_hash"]))

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 # Progress, tables meant for people, warnings and errors go to stderr when a command prints
 # machine-readable output; results go to stdout. Scripts read stdout, people read both.
@@ -21,11 +22,12 @@ def print_json(obj: Any) -> None:
 
 
 def error_line(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    # escape: a message may quote user text such as "[/]" that rich would read as markup
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}")
+    err.print(f"[yellow]warning:[/] {escape(message)}")
 
 
 def fmt_value(value: Any) -> str:
