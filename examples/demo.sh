@@ -33,7 +33,8 @@ llmctl logs -n 3
 
 step "7. Pretrain your own GPT: the tiny preset on the Python standard library, for one minute" \
      'pretrain --data python-stdlib --preset tiny --max-time 60s --out runs/pystd-gpt'
-llmctl pretrain --data python-stdlib --preset tiny --max-time 60s --eval-every 200 --out runs/pystd-gpt --name pystd-gpt
+llmctl pretrain --data python-stdlib --preset tiny --vocab-size 2048 --context 128 --lr 3e-3 --warmup-steps 30 \
+  --max-time 60s --eval-every 200 --out runs/pystd-gpt --name pystd-gpt
 
 step "8. Sample from it: a base model, so a raw completion" 'prompt -m pystd-gpt -t 0.8 --seed 0 "def "'
 llmctl prompt -m pystd-gpt -t 0.8 --seed 0 --max-tokens 80 "def "
