@@ -32,7 +32,7 @@ step "6. Every exchange is logged" 'logs -n 3'
 llmctl logs -n 3
 
 step "7. Pretrain your own GPT: the tiny preset on the Python standard library, for one minute" \
-     'pretrain --data python-stdlib --preset tiny --max-time 60s --out runs/pystd-gpt'
+     'pretrain --data python-stdlib --preset tiny --vocab-size 2048 --context 128 --lr 3e-3 --max-time 60s --out runs/pystd-gpt'
 llmctl pretrain --data python-stdlib --preset tiny --vocab-size 2048 --context 128 --lr 3e-3 --warmup-steps 30 \
   --max-time 60s --eval-every 200 --out runs/pystd-gpt --name pystd-gpt
 
