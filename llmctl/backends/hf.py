@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -52,6 +53,8 @@ def _quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # Deprecation notices from inside transformers/peft are for their authors, not our users.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
 
 
 def _load_pretrained(source: str, config: Config, dtype: torch.dtype):

@@ -36,14 +36,12 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def write_checkpoint(root: Path, model, optimizer, state: dict[str, Any], pointers: tuple[str, ...] = ("last",),
                      keep: int = 1) -> Path:
     """Save model, optimizer, RNG and loop state as step-N/, then point `pointers` at it."""
-    from safetensors.torch import save_model
-
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']:07d}"
     final, tmp = root / name, root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
+    _save_weights(model, tmp / "model.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(_rng_state(), tmp / "rng.pt")
     atomic_write_json(tmp / STATE, state)
@@ -54,6 +52,35 @@ def write_checkpoint(root: Path, model, optimizer, state: dict[str, Any], pointe
         atomic_write_text(root / pointer, name + "\n")
     _prune(root, keep)
     return final
+
+
+def _save_weights(model, path: Path) -> None:
+    """All weights when all train (pretraining); only the trainable ones when most are frozen (LoRA),
+    so a fine-tuning checkpoint is megabytes, not a copy of the base model."""
+    from safetensors.torch import save_file, save_model
+
+    params = dict(model.named_parameters())
+    if all(p.requires_grad for p in params.values()):
+        save_model(model, str(path))  # handles tied embeddings
+    else:
+        save_file({n: p.detach().contiguous() for n, p in params.items() if p.requires_grad}, str(path))
+
+
+def _load_weights(model, path: Path, device: str) -> None:
+    from safetensors.torch import load_file, load_model
+
+    params = dict(model.named_parameters())
+    if all(p.requires_grad for p in params.values()):
+        load_model(model, str(path), device=device)
+        return
+    state = load_file(str(path), device=device)
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+    if missing:
+        raise UsageError(f"checkpoint {path.parent} does not match this model (missing {missing[0]})",
+                         hint="resume with the same model and settings")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -94,9 +121,7 @@ def resolve_resume(resume: str | None, root: Path) -> Path | None:
 
 def read_checkpoint(path: Path, model, device: torch.device) -> tuple[dict[str, Any], dict, dict[str, Any]]:
     """Load weights into `model`; return (loop state, optimizer state, RNG state)."""
-    from safetensors.torch import load_model
-
-    load_model(model, str(path / "model.safetensors"), device=str(device))
+    _load_weights(model, path / "model.safetensors", str(device))
     optimizer_state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
     rng = torch.load(path / "rng.pt", weights_only=True)
     return json.loads((path / STATE).read_text()), optimizer_state, rng

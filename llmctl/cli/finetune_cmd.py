@@ -1,0 +1,105 @@
+"""`llmctl finetune`: LoRA fine-tuning; `llmctl finetune merge` folds an adapter into its base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from llmctl.cli.options import JsonOpt
+from llmctl.cli.output import err, out, print_json
+
+app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+
+
+@app.callback()
+def finetune(
+    ctx: typer.Context,
+    data: Annotated[Optional[list[Path]], typer.Option("--data", "-d", help="JSON/JSONL/CSV/Parquet: Alpaca, chat (messages), prompt/completion or text. Repeatable.")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Base model: registry name, hf:REPO, a directory, a pretrained GPT.")] = "smollm2",
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Adapter directory (also checkpoints and metrics).")] = Path("runs/lora"),
+    format: Annotated[str, typer.Option("--format", help="auto, alpaca, chat, prompt-completion, text.")] = "auto",
+    instruction_field: Annotated[str, typer.Option("--instruction-field")] = "instruction",
+    input_field: Annotated[str, typer.Option("--input-field")] = "input",
+    output_field: Annotated[str, typer.Option("--output-field")] = "output",
+    messages_field: Annotated[str, typer.Option("--messages-field")] = "messages",
+    prompt_field: Annotated[str, typer.Option("--prompt-field")] = "prompt",
+    completion_field: Annotated[str, typer.Option("--completion-field")] = "completion",
+    text_field: Annotated[str, typer.Option("--text-field")] = "text",
+    skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows", help="Skip malformed rows (counted and reported) instead of stopping.")] = False,
+    rank: Annotated[int, typer.Option("--rank", min=1, help="LoRA rank.")] = 8,
+    alpha: Annotated[int, typer.Option("--alpha", min=1, help="LoRA alpha (scale = alpha / rank).")] = 16,
+    dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=0.9)] = 0.05,
+    targets: Annotated[Optional[str], typer.Option("--targets", help="Comma-separated module names (default: all linear layers).")] = None,
+    epochs: Annotated[float, typer.Option("--epochs", min=0.01, help="Used unless --max-steps/--max-tokens/--max-time is given.")] = 3.0,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1)] = None,
+    max_time: Annotated[Optional[str], typer.Option("--max-time", help="90s, 10m, 1h")] = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", min=2, help="Longest example in tokens (default: context, at most 2048).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Examples packed per micro-step.")] = 8,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", min=1)] = 1,
+    lr: Annotated[float, typer.Option("--lr")] = 2e-4,
+    warmup_steps: Annotated[int, typer.Option("--warmup-steps", min=0)] = 10,
+    eval_split: Annotated[float, typer.Option("--eval-split", help="Share of examples held out.")] = 0.1,
+    eval_every: Annotated[int, typer.Option("--eval-every", min=1)] = 50,
+    save_every: Annotated[int, typer.Option("--save-every", min=1)] = 50,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")] = False,
+    qlora: Annotated[bool, typer.Option("--qlora", help="4-bit base (CUDA + bitsandbytes).")] = False,
+    seed: Annotated[int, typer.Option("--seed", min=0)] = 1337,
+    name: Annotated[Optional[str], typer.Option("--name", help="Registry name (default: the --out directory's name).")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="auto or a checkpoint path.")] = None,
+    no_register: Annotated[bool, typer.Option("--no-register")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """LoRA fine-tuning of a local model; the loss is on the response tokens only.
+
+    Example: llmctl finetune --data examples/pirate.jsonl -m smollm2 --epochs 2 --out runs/pirate
+    """
+    if ctx.invoked_subcommand:
+        return
+    from llmctl.cli.pretrain_cmd import parse_duration
+    from llmctl.cli.train_progress import TrainProgress
+    from llmctl.errors import UsageError
+    from llmctl.finetune.data import ColumnMap
+    from llmctl.finetune.run import FinetuneConfig, finetune as run_finetune
+    from llmctl.training.loop import TrainConfig
+
+    if not data:
+        raise UsageError("no training data", hint="pass --data FILE (see llmctl finetune --help)")
+    columns = ColumnMap(instruction_field, input_field, output_field, messages_field, prompt_field, completion_field,
+                        text_field)
+    train = TrainConfig(max_steps=max_steps, max_time=parse_duration(max_time), batch_size=batch_size,
+                        grad_accum=grad_accum, lr=lr, min_lr=lr / 10, warmup_steps=warmup_steps, weight_decay=0.0,
+                        eval_every=eval_every, save_every=save_every, log_every=1, seed=seed)
+    config = FinetuneConfig(data=list(data), base=model, out=out_dir, train=train, format=format, columns=columns,
+                            skip_bad_rows=skip_bad_rows, rank=rank, alpha=alpha, dropout=dropout,
+                            targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None,
+                            epochs=epochs, max_length=max_length, eval_split=eval_split,
+                            gradient_checkpointing=gradient_checkpointing, qlora=qlora, name=name, resume=resume,
+                            register=not no_register)
+    with TrainProgress() as progress:
+        summary = run_finetune(config, note=lambda text: err.print(f"[dim]{text}[/]"), on_progress=progress.update)
+    if json_out:
+        print_json(summary)
+        return
+    err.print(f"[bold green]done[/]: {summary['steps']} steps in {summary['seconds']:.0f} s · validation loss "
+              f"{summary['val_loss_before']} before → {summary['val_loss_after']} after")
+    if summary.get("name"):
+        err.print(f"adapter registered as [bold]{summary['name']}[/] ({summary['output_dir']}); "
+                  f"try: llmctl prompt -m {summary['name']} \"...\"")
+
+
+@app.command("merge")
+def merge(name: Annotated[str, typer.Argument(help="A registered adapter.")],
+          out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for the merged model.")],
+          new_name: Annotated[Optional[str], typer.Option("--name", help="Registry name of the merged model.")] = None,
+          json_out: JsonOpt = False) -> None:
+    """Write base + adapter as one full Hugging Face model (registered too)."""
+    from llmctl.finetune.merge import merge_adapter
+
+    with err.status(f"merging {name}…"):
+        result = merge_adapter(name, out_dir, new_name)
+    if json_out:
+        print_json(result)
+    else:
+        out.print(f"merged {name} into {result['output_dir']}" + (f", registered as {result['name']}" if result.get("name") else ""))

@@ -1,0 +1,180 @@
+"""Fine-tuning data: Alpaca, chat (`messages`), prompt/completion and plain text, detected per file.
+
+Every row is checked before training; a bad row is an error naming file, line and field, or with
+--skip-bad-rows a counted, reported skip. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmctl.errors import UsageError
+
+FORMATS = ("alpaca", "chat", "prompt-completion", "text")
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Example:
+    """A prompt (as chat turns) and the response to learn; or, for plain text, only `text`."""
+
+    messages: list[dict[str, str]] = field(default_factory=list)  # ends with the assistant turn to learn
+    text: str | None = None
+    source: str = ""  # file:line, for messages about this example
+
+
+@dataclass
+class DataReport:
+    format: str = ""
+    rows: int = 0
+    examples: int = 0
+    skipped: list[str] = field(default_factory=list)  # "file:line: why"
+
+
+@dataclass
+class ColumnMap:
+    instruction: str = "instruction"
+    input: str = "input"
+    output: str = "output"
+    messages: str = "messages"
+    prompt: str = "prompt"
+    completion: str = "completion"
+    text: str = "text"
+
+
+def read_rows(path: Path) -> list[tuple[int, Any]]:
+    """(line or row number, row) pairs from JSON, JSONL, CSV or Parquet."""
+    if not path.is_file():
+        raise UsageError(f"--data {path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".parquet"):
+        from datasets import load_dataset
+
+        try:
+            rows = load_dataset(suffix[1:], data_files=str(path), split="train")
+        except Exception as e:  # datasets raises many kinds for a malformed file
+            raise UsageError(f"{path}: cannot read as {suffix[1:]}: {str(e).splitlines()[0]}") from None
+        return [(i + 2 if suffix == ".csv" else i + 1, dict(r)) for i, r in enumerate(rows)]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text ({e})") from None
+    stripped = text.lstrip()
+    if stripped.startswith("["):  # a JSON array (the original Alpaca data)
+        try:
+            return [(i + 1, r) for i, r in enumerate(json.loads(text))]
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((number, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{path}:{number}: not valid JSON ({e.msg})",
+                                 hint="one JSON object per line (JSONL), or a JSON array") from None
+    return rows
+
+
+def detect_format(row: Any, columns: ColumnMap) -> str | None:
+    if not isinstance(row, dict):
+        return None
+    if columns.messages in row:
+        return "chat"
+    if columns.instruction in row:
+        return "alpaca"
+    if columns.prompt in row and columns.completion in row:
+        return "prompt-completion"
+    if columns.text in row:
+        return "text"
+    return None
+
+
+def _string(row: dict, key: str, where: str, required: bool = True) -> str:
+    value = row.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise UsageError(f"{where}: field '{key}' is missing, empty or not a string")
+    return value
+
+
+def _alpaca(row: dict, c: ColumnMap, where: str) -> list[Example]:
+    instruction = _string(row, c.instruction, where)
+    if "instances" in row and c.output not in row:  # the Alpaca seed-task layout
+        instances = row["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise UsageError(f"{where}: field 'instances' must be a non-empty list")
+        return [_alpaca_example(instruction, _string(i, "input", where, False), _string(i, "output", where), where)
+                for i in instances if isinstance(i, dict)]
+    return [_alpaca_example(instruction, _string(row, c.input, where, False), _string(row, c.output, where), where)]
+
+
+def _alpaca_example(instruction: str, input_text: str, output: str, where: str) -> Example:
+    prompt = instruction if not input_text.strip() else f"{instruction}\n\n{input_text}"
+    return Example(messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": output}], source=where)
+
+
+def _chat(row: dict, c: ColumnMap, where: str) -> list[Example]:
+    messages = row.get(c.messages)
+    if not isinstance(messages, list) or not messages:
+        raise UsageError(f"{where}: field '{c.messages}' must be a non-empty list of {{role, content}}")
+    clean = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise UsageError(f"{where}: {c.messages}[{i}] needs a role ({', '.join(ROLES)}) and a string content")
+        clean.append({"role": m["role"], "content": m["content"]})
+    if clean[-1]["role"] != "assistant":
+        raise UsageError(f"{where}: the last message must be the assistant's (the response to learn)")
+    return [Example(messages=clean, source=where)]
+
+
+def _prompt_completion(row: dict, c: ColumnMap, where: str) -> list[Example]:
+    return [Example(messages=[{"role": "user", "content": _string(row, c.prompt, where)},
+                              {"role": "assistant", "content": _string(row, c.completion, where)}], source=where)]
+
+
+def _text(row: dict, c: ColumnMap, where: str) -> list[Example]:
+    return [Example(text=_string(row, c.text, where), source=where)]
+
+
+PARSERS = {"alpaca": _alpaca, "chat": _chat, "prompt-completion": _prompt_completion, "text": _text}
+
+
+def load_examples(paths: list[Path], fmt: str = "auto", columns: ColumnMap | None = None,
+                  skip_bad_rows: bool = False) -> tuple[list[Example], DataReport]:
+    columns = columns or ColumnMap()
+    if fmt != "auto" and fmt not in FORMATS:
+        raise UsageError(f"unknown --format '{fmt}'", hint="use auto, " + ", ".join(FORMATS))
+    report, examples = DataReport(), []
+    for path in paths:
+        rows = read_rows(Path(path))
+        file_format = fmt
+        if fmt == "auto":
+            file_format = next((f for f in (detect_format(r, columns) for _, r in rows) if f), None)
+            if file_format is None:
+                raise UsageError(f"{path}: cannot tell the format of its rows",
+                                 hint="expected alpaca (instruction/output), chat (messages), prompt/completion or "
+                                      "text fields; map other names with --instruction-field etc., or set --format")
+        if report.format and report.format != file_format:
+            raise UsageError(f"{path} is {file_format} but earlier files are {report.format}",
+                             hint="use one format per run")
+        report.format = file_format
+        for number, row in rows:
+            report.rows += 1
+            where = f"{path}:{number}"
+            try:
+                if not isinstance(row, dict):
+                    raise UsageError(f"{where}: expected a JSON object")
+                examples += PARSERS[file_format](row, columns, where)
+            except UsageError as e:
+                if not skip_bad_rows:
+                    raise UsageError(e.message, hint="fix the row, or pass --skip-bad-rows to skip and report it") from None
+                report.skipped.append(e.message)
+    if not examples:
+        raise UsageError("the data has no usable examples" + (f" ({len(report.skipped)} rows skipped)" if report.skipped else ""))
+    report.examples = len(examples)
+    return examples, report

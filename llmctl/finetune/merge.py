@@ -1,0 +1,48 @@
+"""Fold a LoRA adapter into its base: a full Hugging Face model that needs no peft to load."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from llmctl.errors import UsageError
+
+
+def merge_adapter(name: str, out: Path, new_name: str | None = None, register: bool = True) -> dict:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from llmctl.finetune.run import load_base
+    from llmctl.pretrain.run import default_name
+    from llmctl.registry import ModelEntry, Registry
+
+    entry = Registry().resolve(name)
+    if not entry.adapter or not entry.base:
+        raise UsageError(f"'{name}' is not an adapter (it has no base + adapter)", hint="llmctl models show " + name)
+    _, base_model, _, _ = load_base(entry.base, qlora=False)
+    # merge_and_unload adds each delta into the base weights in place: one copy of the model in memory.
+    with torch.no_grad():
+        merged = PeftModel.from_pretrained(base_model, entry.adapter).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(entry.adapter)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".merged.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    for path in tmp.iterdir():
+        os.replace(path, out / path.name)
+    tmp.rmdir()
+    result = {"merged": name, "output_dir": str(out)}
+    if register:
+        new = ModelEntry(name=new_name or default_name(out), provider="hf", source=str(out.resolve()),
+                         chat_template=entry.chat_template, context_length=entry.context_length,
+                         description=f"{name} merged into {entry.base}",
+                         lineage={"level": "merge", "base": entry.base, "adapter": entry.adapter,
+                                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                         info=dict(entry.info))
+        Registry().add(new, replace=True)
+        result["name"] = new.name
+    return result

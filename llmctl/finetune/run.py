@@ -1,0 +1,253 @@
+"""`llmctl finetune` as a function: LoRA on any local registry model, on the shared training loop;
+the output is a standard peft adapter directory, registered as base + adapter."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from llmctl.errors import ModelError, UsageError
+from llmctl.finetune.data import ColumnMap, load_examples
+from llmctl.finetune.tokenize import Tokenized, encode_all, pack
+from llmctl.fsutil import atomic_write_json
+from llmctl.pretrain.data import is_validation
+from llmctl.training.loop import TrainConfig, Trainer, cpu_only
+
+TRAIN_RECORD = "llmctl-finetune.json"
+
+
+@dataclass
+class FinetuneConfig:
+    data: list[Path]
+    base: str
+    out: Path
+    train: TrainConfig = field(default_factory=TrainConfig)
+    format: str = "auto"
+    columns: ColumnMap = field(default_factory=ColumnMap)
+    skip_bad_rows: bool = False
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: list[str] | None = None  # None: every linear layer
+    epochs: float = 3.0  # used when no --max-steps/--max-tokens/--max-time is given
+    max_length: int | None = None
+    eval_split: float = 0.1
+    gradient_checkpointing: bool = False
+    qlora: bool = False
+    name: str | None = None
+    resume: str | None = None
+    register: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["data"], d["out"] = [str(p) for p in self.data], str(self.out)
+        return d
+
+
+class FinetuneTask:
+    """Shuffled epochs of examples, `batch_size` examples packed per micro-batch. The examples of
+    step N depend only on (seed, N), and the global batch is the same for any number of processes."""
+
+    def __init__(self, train: list[Tokenized], val: list[Tokenized], cfg: TrainConfig):
+        self.train, self.val, self.cfg = train, val, cfg
+
+    def _example(self, position: int) -> Tokenized:
+        epoch, index = divmod(position, len(self.train))
+        order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
+        return self.train[int(order[index])]
+
+    def train_batch(self, step: int, micro: int, rank: int, world: int) -> dict[str, torch.Tensor]:
+        bs = self.cfg.batch_size
+        start = step * bs * self.cfg.grad_accum * world + (micro * world + rank) * bs
+        return pack([self._example(p) for p in range(start, start + bs)])
+
+    def eval_batches(self, rank: int, world: int):
+        bs = self.cfg.batch_size
+        for start in range(rank * bs, len(self.val), bs * world):
+            yield pack(self.val[start:start + bs])
+
+    def eval_extras(self, val_loss: float) -> dict[str, float]:
+        return {}
+
+    def sample(self, model) -> str | None:
+        return None
+
+
+def load_base(ref: str, qlora: bool):
+    """The base model and tokenizer from the registry (only local models can be trained)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmctl.backends.hf import _quiet_transformers
+    from llmctl.embedded import locate_weights
+    from llmctl.registry import Registry
+
+    _quiet_transformers()
+    entry = Registry().resolve(ref)
+    if entry.provider != "hf":
+        raise UsageError(f"cannot fine-tune '{ref}': it is a remote ({entry.provider}) model",
+                         hint="fine-tune a local model: smollm2, a Hub repo (hf:...), a directory, or a pretrained GPT")
+    if entry.adapter:
+        raise UsageError(f"'{ref}' is already an adapter", hint=f"merge it first: llmctl finetune merge {ref} --out DIR")
+    source, origin = locate_weights(entry.source, offline=os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"))
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if torch.cuda.is_available() else torch.float32}
+    if qlora:
+        if not torch.cuda.is_available():
+            raise UsageError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels); this machine has none",
+                             hint="drop --qlora: plain LoRA works on CPU")
+        try:
+            from transformers import BitsAndBytesConfig
+        except ImportError:
+            raise UsageError("QLoRA needs bitsandbytes", hint="pip install bitsandbytes") from None
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=torch.bfloat16)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load base model '{ref}' from {source}: {str(e).splitlines()[0]}") from None
+    return entry, model, tokenizer, origin
+
+
+def choose_template(entry, tokenizer) -> str:
+    """The model's own chat template, or Alpaca for models without one; the adapter records which."""
+    from llmctl.templates import ALPACA_TEMPLATE, NAMED_TEMPLATES
+
+    if entry.chat_template in NAMED_TEMPLATES:
+        tokenizer.chat_template = NAMED_TEMPLATES[entry.chat_template]
+        return entry.chat_template
+    if entry.chat_template not in ("auto", "none"):
+        tokenizer.chat_template = entry.chat_template
+        return entry.chat_template
+    if entry.chat_template == "auto" and getattr(tokenizer, "chat_template", None):
+        return "auto"
+    tokenizer.chat_template = ALPACA_TEMPLATE
+    return "alpaca"
+
+
+def add_lora(model, cfg: FinetuneConfig):
+    from peft import LoraConfig, get_peft_model
+
+    if cfg.qlora:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    targets = cfg.targets or "all-linear"
+    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                      task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise UsageError(f"--targets {','.join(cfg.targets or [])}: {str(e).splitlines()[0]}",
+                         hint=f"this model's linear layers: {', '.join(linear)}") from None
+
+
+def split(items: list[Tokenized], fraction: float, seed: int) -> tuple[list[Tokenized], list[Tokenized]]:
+    if not 0 < fraction < 1:
+        raise UsageError(f"--eval-split must be between 0 and 1, got {fraction}")
+    held = [is_validation(t.source, seed, fraction) for t in items]
+    if not any(held) and len(items) > 1:
+        held[-1] = True
+    val = [t for t, h in zip(items, held) if h]
+    train = [t for t, h in zip(items, held) if not h]
+    if not train:
+        raise UsageError("too few examples to hold out a validation split", hint="add data")
+    return train, val
+
+
+def finetune(cfg: FinetuneConfig, note: Callable[[str], None] = lambda s: None,
+             on_progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cpu_only())
+    entry, model, tokenizer, origin = load_base(cfg.base, cfg.qlora)
+    template = choose_template(entry, tokenizer)
+    examples, report = load_examples(cfg.data, cfg.format, cfg.columns, cfg.skip_bad_rows)
+    context = getattr(model.config, "max_position_embeddings", None) or 2048
+    max_length = cfg.max_length or min(context, 2048)
+    if max_length > context:
+        raise UsageError(f"--max-length {max_length} is longer than the model's context ({context})")
+    items = encode_all(tokenizer, examples, max_length, cfg.skip_bad_rows, report.skipped)
+    if report.skipped:
+        note(f"skipped {len(report.skipped)} rows: {report.skipped[0]}" + (" …" if len(report.skipped) > 1 else ""))
+    train_items, val_items = split(items, cfg.eval_split, cfg.train.seed)
+    per_step = cfg.train.batch_size * cfg.train.grad_accum * state.num_processes
+    if cfg.train.max_steps is None and cfg.train.max_tokens is None and cfg.train.max_time is None:
+        cfg.train.max_steps = max(1, math.ceil(cfg.epochs * len(train_items) / per_step))
+    note(f"{report.format} data: {len(train_items)} training and {len(val_items)} validation examples; "
+         f"base {entry.name} ({origin}); template {template}")
+    model = add_lora(model, cfg)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    mean_tokens = sum(len(t.ids) for t in train_items) / len(train_items)
+    trainer = Trainer(model, FinetuneTask(train_items, val_items, cfg.train), cfg.train, cfg.out, resume=cfg.resume,
+                      tokens_per_step=int(per_step * mean_tokens), on_progress=on_progress, note=note,
+                      run_config=cfg.to_dict())
+    trainer.setup()
+    try:
+        before = trainer.evaluate() if trainer.state["step"] == 0 else None
+        final = trainer.train()
+        summary = {"steps": trainer.state["step"], "tokens": trainer.state["tokens"],
+                   "seconds": round(trainer.state["elapsed"], 2),
+                   "tokens_per_s": round(trainer.state["tokens"] / max(1e-9, trainer.state["elapsed"]), 1),
+                   "val_loss_before": before["val_loss"] if before else None, "val_loss_after": final["val_loss"],
+                   "final_train_loss": trainer.history.get("final_train_loss"),
+                   "train_examples": len(train_items), "val_examples": len(val_items), "skipped_rows": len(report.skipped),
+                   "trainable_parameters": trainable, "format": report.format, "template": template,
+                   "base": cfg.base, "output_dir": str(cfg.out)}
+        if state.is_main_process:
+            _save_adapter(trainer.unwrapped(), tokenizer, cfg, summary)
+            if cfg.register:
+                summary["name"] = _register(cfg, summary, template)
+        state.wait_for_everyone()
+    finally:
+        trainer.cleanup(f"LoRA on {cfg.base}")
+    return summary
+
+
+def data_hash(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()
+
+
+def _save_adapter(model, tokenizer, cfg: FinetuneConfig, summary: dict) -> None:
+    """adapter_config.json + adapter_model.safetensors + tokenizer (with the template), by rename."""
+    tmp = cfg.out / ".adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    for path in tmp.iterdir():
+        os.replace(path, cfg.out / path.name)
+    tmp.rmdir()
+    atomic_write_json(cfg.out / TRAIN_RECORD, {"config": cfg.to_dict(), "summary": summary,
+                                               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+
+def _register(cfg: FinetuneConfig, summary: dict, template: str) -> str:
+    from llmctl.pretrain.run import default_name
+    from llmctl.registry import ModelEntry, Registry
+
+    name = cfg.name or default_name(cfg.out)
+    entry = ModelEntry(
+        name=name, provider="hf", source=str(cfg.out.resolve()), base=cfg.base, adapter=str(cfg.out.resolve()),
+        chat_template=template, description=f"LoRA adapter (rank {cfg.rank}) on {cfg.base}",
+        lineage={"level": "finetune", "base": cfg.base, "run": str(cfg.out.resolve()), "data": [str(p) for p in cfg.data],
+                 "data_sha256": data_hash(cfg.data), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        info={"trainable_parameters": summary["trainable_parameters"], "rank": cfg.rank, "alpha": cfg.alpha,
+              "training": {k: summary[k] for k in ("steps", "val_loss_before", "val_loss_after", "train_examples")}},
+    )
+    Registry().add(entry, replace=True)
+    return name

@@ -1,0 +1,72 @@
+"""Examples to token ids with the loss only on the response, packed without padding.
+
+A prompt is rendered with the model's chat template (or the Alpaca format for models without one)
+exactly as `llmctl prompt` renders it, so the fine-tuned model sees at inference what it learned on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llmctl.errors import UsageError
+from llmctl.finetune.data import Example
+
+IGNORE = -100
+
+
+@dataclass
+class Tokenized:
+    ids: list[int]
+    labels: list[int]  # IGNORE where no loss (prompt tokens); the token itself where it is learned
+    source: str
+
+
+def encode(tokenizer, example: Example) -> Tokenized:
+    if example.text is not None:  # continued pretraining: every token is learned
+        ids = tokenizer(example.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        return Tokenized(ids, list(ids), example.source)
+    prompt = tokenizer.apply_chat_template(example.messages[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(example.messages, tokenize=False)
+    if not full.startswith(prompt):  # a template that rewrites earlier turns: fall back to plain appending
+        full = prompt + example.messages[-1]["content"] + (tokenizer.eos_token or "")
+    # The prompt is tokenized on its own, as at inference; the response continues from there.
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    return Tokenized(prompt_ids + response_ids, [IGNORE] * len(prompt_ids) + response_ids, example.source)
+
+
+def encode_all(tokenizer, examples: list[Example], max_length: int, skip_bad_rows: bool,
+               skipped: list[str]) -> list[Tokenized]:
+    out = []
+    for example in examples:
+        item = encode(tokenizer, example)
+        if len(item.ids) > max_length:
+            message = (f"{example.source}: the example is {len(item.ids)} tokens, longer than the maximum "
+                       f"length {max_length}")
+            if not skip_bad_rows:
+                raise UsageError(message, hint="raise --max-length (up to the model's context) or pass --skip-bad-rows")
+            skipped.append(message)
+            continue
+        if all(label == IGNORE for label in item.labels[1:]):
+            skipped.append(f"{example.source}: nothing to learn (empty response)")
+            continue
+        out.append(item)
+    return out
+
+
+def pack(items: list[Tokenized]) -> dict[str, torch.Tensor]:
+    """Concatenate examples into one row with no padding. Positions restart at each example and a
+    block-diagonal causal mask keeps attention inside it: the same logits as one example at a time."""
+    ids, labels, positions, segments = [], [], [], []
+    for number, item in enumerate(items):
+        ids += item.ids[:-1]
+        labels += item.labels[1:]  # shifted: the label at position t is the token t+1
+        positions += list(range(len(item.ids) - 1))
+        segments += [number] * (len(item.ids) - 1)
+    segment = torch.tensor(segments)
+    causal = torch.tril(torch.ones(len(ids), len(ids), dtype=torch.bool))
+    mask = causal & (segment[:, None] == segment[None, :])
+    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+            "position_ids": torch.tensor([positions]), "attention_mask": mask[None, None]}
