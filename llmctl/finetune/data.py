@@ -152,6 +152,8 @@ def load_examples(paths: list[Path], fmt: str = "auto", columns: ColumnMap | Non
     report, examples = DataReport(), []
     for path in paths:
         rows = read_rows(Path(path))
+        if not rows:
+            raise UsageError(f"{path}: the file has no rows (an empty dataset)")
         file_format = fmt
         if fmt == "auto":
             file_format = next((f for f in (detect_format(r, columns) for _, r in rows) if f), None)

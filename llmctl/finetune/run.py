@@ -188,6 +188,7 @@ def finetune(cfg: FinetuneConfig, note: Callable[[str], None] = lambda s: None,
         cfg.train.max_steps = max(1, math.ceil(cfg.epochs * len(train_items) / per_step))
     note(f"{report.format} data: {len(train_items)} training and {len(val_items)} validation examples; "
          f"base {entry.name} ({origin}); template {template}")
+    torch.manual_seed(cfg.train.seed)  # LoRA's A matrices start random: the same seed, the same start
     model = add_lora(model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     mean_tokens = sum(len(t.ids) for t in train_items) / len(train_items)
