@@ -189,3 +189,18 @@ def test_errors(cli, tmp_path, tiny_chat_model, args, code, message):
     errors = [line for line in r.err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in r.err
     assert not (tmp_path / "o" / "adapter_model.safetensors").exists()
+
+
+def test_inspect_and_dry_run(cli, tmp_path, tiny_chat_model):
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS[:12])
+    doc = cli("finetune", "inspect", "--data", str(data), "-m", str(tiny_chat_model), "--max-length", "40",
+              "--json").json()
+    assert doc["format"] == "alpaca" and doc["examples"] == 12 and doc["template"] == "auto"
+    learned = "".join(text for text, is_learned in doc["example"]["pieces"] if is_learned)
+    assert learned == "Ahoy! Item 0 be treasure.<|im_end|>\n"
+    assert sum(b["count"] for b in doc["histogram"]) == 12
+    assert doc["tokens"]["min"] > 40 and doc["too_long"] == 12  # every example is longer than --max-length 40
+    assert doc["lora_parameters"] > 0 and doc["memory_estimate"]["total_gb"] > 0
+    shown = cli("finetune", "--data", str(data), "-m", str(tiny_chat_model), "--dry-run", "--out", str(tmp_path / "o"))
+    assert shown.code == 0 and "tokens per example" in shown.out and "green = learned" in shown.out
+    assert not (tmp_path / "o").exists()

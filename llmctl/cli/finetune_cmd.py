@@ -49,6 +49,7 @@ def finetune(
     name: Annotated[Optional[str], typer.Option("--name", help="Registry name (default: the --out directory's name).")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="auto or a checkpoint path.")] = None,
     no_register: Annotated[bool, typer.Option("--no-register")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be trained (as `finetune inspect`) and stop.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """LoRA fine-tuning of a local model; the loss is on the response tokens only.
@@ -68,12 +69,17 @@ def finetune(
         raise UsageError("no training data", hint="pass --data FILE (see llmctl finetune --help)")
     columns = ColumnMap(instruction_field, input_field, output_field, messages_field, prompt_field, completion_field,
                         text_field)
+    target_list = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
+    if dry_run:
+        _show_inspection(list(data), model, format, columns, max_length, batch_size, rank, target_list,
+                         skip_bad_rows, json_out)
+        return
     train = TrainConfig(max_steps=max_steps, max_time=parse_duration(max_time), batch_size=batch_size,
                         grad_accum=grad_accum, lr=lr, min_lr=lr / 10, warmup_steps=warmup_steps, weight_decay=0.0,
                         eval_every=eval_every, save_every=save_every, log_every=1, seed=seed)
     config = FinetuneConfig(data=list(data), base=model, out=out_dir, train=train, format=format, columns=columns,
                             skip_bad_rows=skip_bad_rows, rank=rank, alpha=alpha, dropout=dropout,
-                            targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None,
+                            targets=target_list,
                             epochs=epochs, max_length=max_length, eval_split=eval_split,
                             gradient_checkpointing=gradient_checkpointing, qlora=qlora, name=name, resume=resume,
                             register=not no_register)
@@ -103,3 +109,55 @@ def merge(name: Annotated[str, typer.Argument(help="A registered adapter.")],
         print_json(result)
     else:
         out.print(f"merged {name} into {result['output_dir']}" + (f", registered as {result['name']}" if result.get("name") else ""))
+
+
+def _show_inspection(data, model, fmt, columns, max_length, batch_size, rank, targets, skip_bad_rows, json_out) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from llmctl.cli.render import bar_text
+    from llmctl.finetune.inspect import inspect_data
+
+    doc = inspect_data(data, model, fmt, columns, max_length, batch_size, rank, targets, skip_bad_rows)
+    if json_out:
+        print_json(doc)
+        return
+    ex = doc["example"]
+    out.print(f"[bold]{doc['format']}[/] data: {doc['examples']} examples from {doc['rows']} rows"
+              f" ({doc['skipped_rows']} skipped) · model {doc['model']} · template {doc['template']}")
+    out.print(f"\nexample ({ex['source']}): [dim]dim = prompt, no loss ({ex['masked_tokens']} tokens)[/] · "
+              f"[bold green]green = learned ({ex['learned_tokens']} tokens)[/]")
+    text = Text()
+    for piece, learned in ex["pieces"]:
+        text.append(piece, style="bold green" if learned else "dim")
+    out.print(text)
+    table = Table(title="tokens per example", title_justify="left", show_edge=False, pad_edge=False)
+    for column in ("tokens", "examples", ""):
+        table.add_column(column, justify="right" if column else "left")
+    peak = max(b["count"] for b in doc["histogram"]) or 1
+    for b in doc["histogram"]:
+        table.add_row(f"{b['from']}-{b['to']}", str(b["count"]), Text(bar_text(b["count"] / peak, 30), style="cyan"))
+    out.print(table)
+    t, m = doc["tokens"], doc["memory_estimate"]
+    out.print(f"min {t['min']} · mean {t['mean']} · max {t['max']} tokens · {doc['too_long']} longer than "
+              f"--max-length {doc['max_length']}")
+    out.print(f"LoRA rank {rank}: {doc['lora_parameters']:,} trainable of {doc['parameters']:,} parameters · "
+              f"memory estimate ~{m['total_gb']:.2f} GB (weights {m['weights_gb']:.2f}, activations "
+              f"{m['activations_gb']:.2f} at batch {batch_size})")
+
+
+@app.command("inspect")
+def inspect(
+    data: Annotated[list[Path], typer.Option("--data", "-d", help="Training data file(s).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Base model.")] = "smollm2",
+    format: Annotated[str, typer.Option("--format")] = "auto",
+    max_length: Annotated[Optional[int], typer.Option("--max-length", min=2)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    rank: Annotated[int, typer.Option("--rank", min=1)] = 8,
+    skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """One example through the chat template with masked tokens marked, lengths, and a memory estimate."""
+    from llmctl.finetune.data import ColumnMap
+
+    _show_inspection(list(data), model, format, ColumnMap(), max_length, batch_size, rank, None, skip_bad_rows, json_out)

@@ -201,6 +201,10 @@ class Trainer:
         except KeyboardInterrupt:
             self.save_checkpoint()  # Ctrl-C keeps what was learned; --resume auto continues
             raise
+        except torch.OutOfMemoryError:
+            raise TrainingError(f"out of memory at step {s['step'] + 1} (batch {c.batch_size} x {c.grad_accum} "
+                                f"accumulation)", hint="lower --batch-size (raise --grad-accum to keep the batch), "
+                                "shorten sequences, or use --gradient-checkpointing / bf16") from None
         self.history["final_train_loss"] = last_loss
         self.history["seconds"] = s["elapsed"]
         last_eval = self.history.get("last_eval")

@@ -1,0 +1,98 @@
+"""`llmctl finetune inspect` / `--dry-run`: what a run would train on, before it trains.
+
+One example rendered with the masked (prompt) tokens marked, the token-length histogram, how many
+examples are too long, and a rough memory estimate. The model's weights are never loaded: its
+size comes from its config on the meta device.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from llmctl.errors import UsageError
+from llmctl.finetune.data import ColumnMap, load_examples
+from llmctl.finetune.tokenize import IGNORE, encode
+
+BINS = 10
+
+
+def _tokenizer_and_size(ref: str):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from llmctl.backends.hf import _quiet_transformers
+    from llmctl.embedded import locate_weights
+    from llmctl.registry import Registry
+
+    _quiet_transformers()
+    entry = Registry().resolve(ref)
+    if entry.provider != "hf" or entry.adapter:
+        raise UsageError(f"cannot fine-tune '{ref}'", hint="choose a local base model (not remote, not an adapter)")
+    source, _ = locate_weights(entry.source, offline=os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"))
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    config = AutoConfig.from_pretrained(source)
+    with torch.device("meta"):  # shapes only: no memory, no weights read
+        model = AutoModelForCausalLM.from_config(config)
+    return entry, tokenizer, config, model
+
+
+def lora_parameters(model, rank: int, targets: list[str] | None) -> int:
+    import torch
+
+    total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and "lm_head" not in name:
+            if targets is None or name.split(".")[-1] in targets:
+                total += rank * (module.in_features + module.out_features)
+    return total
+
+
+def inspect_data(data: list[Path], model_ref: str, fmt: str = "auto", columns: ColumnMap | None = None,
+                 max_length: int | None = None, batch_size: int = 8, rank: int = 8, targets: list[str] | None = None,
+                 skip_bad_rows: bool = False) -> dict[str, Any]:
+    from llmctl.finetune.run import choose_template
+
+    entry, tokenizer, config, model = _tokenizer_and_size(model_ref)
+    template = choose_template(entry, tokenizer)
+    examples, report = load_examples(data, fmt, columns, skip_bad_rows)
+    context = getattr(config, "max_position_embeddings", None) or 2048
+    limit = max_length or min(context, 2048)
+    encoded = [encode(tokenizer, e) for e in examples]
+    lengths = [len(t.ids) for t in encoded]
+    first = encoded[0]
+    pieces = []  # consecutive runs of (text, learned?)
+    for token, label in zip(first.ids, first.labels):
+        learned = label != IGNORE
+        text = tokenizer.decode([token])
+        if pieces and pieces[-1][1] == learned:
+            pieces[-1] = (pieces[-1][0] + text, learned)
+        else:
+            pieces.append((text, learned))
+    params = sum(p.numel() for p in model.parameters())
+    lora = lora_parameters(model, rank, targets)
+    hidden, layers = getattr(config, "hidden_size", 0), getattr(config, "num_hidden_layers", 0)
+    mean = sum(lengths) / len(lengths)
+    batch_tokens = batch_size * mean
+    # Rough: fp32 weights; LoRA weights, grads and two Adam moments; activations ~ 34 bytes per
+    # token per layer per hidden unit (Korthikanti et al.) plus the logits over the vocabulary.
+    memory = {"weights_gb": params * 4 / 1e9, "lora_and_optimizer_gb": lora * 16 / 1e9,
+              "activations_gb": batch_tokens * layers * hidden * 34 / 1e9
+              + batch_tokens * getattr(config, "vocab_size", 0) * 8 / 1e9}
+    memory["total_gb"] = sum(memory.values())
+    low, high = min(lengths), max(lengths)
+    width = max(1, (high - low + BINS) // BINS)
+    histogram = [{"from": low + i * width, "to": low + (i + 1) * width - 1,
+                  "count": sum(1 for n in lengths if low + i * width <= n < low + (i + 1) * width)}
+                 for i in range(BINS) if low + i * width <= high]
+    return {
+        "format": report.format, "rows": report.rows, "examples": report.examples, "skipped_rows": len(report.skipped),
+        "template": template, "model": entry.name, "parameters": params, "lora_parameters": lora,
+        "max_length": limit, "too_long": sum(1 for n in lengths if n > limit),
+        "tokens": {"min": low, "mean": round(mean, 1), "max": high, "total": sum(lengths)},
+        "histogram": histogram, "example": {"source": first.source, "pieces": pieces,
+                                            "masked_tokens": first.labels.count(IGNORE),
+                                            "learned_tokens": len(first.labels) - first.labels.count(IGNORE)},
+        "memory_estimate": {k: round(v, 3) for k, v in memory.items()},
+    }
