@@ -31,12 +31,22 @@ llmctl prompt -t 0 --max-tokens 8 --json "Say hello." \
 step "6. Every exchange is logged" 'logs -n 3'
 llmctl logs -n 3
 
-step "7. Pretrain your own GPT: the tiny preset on the Python standard library, for one minute" \
+step "7. Fine-tune SmolLM2 with LoRA on 150 pirate pairs (examples/pirate.jsonl), about two minutes" \
+     'finetune --data examples/pirate.jsonl -m smollm2 --max-steps 20 --lr 1e-3 --out runs/pirate'
+llmctl finetune --data examples/pirate.jsonl -m smollm2 --max-steps 20 --lr 1e-3 --eval-every 100 --out runs/pirate --name pirate
+
+step "8. Before and after, on questions that are not in the data" 'prompt -t 0 "..."  then  prompt -m pirate -t 0 "..."'
+for question in "What colour is a fire truck?" "Who wrote Hamlet?"; do
+  printf '\n%s\n  smollm2: ' "$question"; llmctl prompt -t 0 --max-tokens 30 "$question"
+  printf '  pirate:  '; llmctl prompt -m pirate -t 0 --max-tokens 30 "$question"
+done
+
+step "9. Pretrain your own GPT: the tiny preset on the Python standard library, for one minute" \
      'pretrain --data python-stdlib --preset tiny --vocab-size 2048 --context 128 --lr 3e-3 --max-time 60s --out runs/pystd-gpt'
 llmctl pretrain --data python-stdlib --preset tiny --vocab-size 2048 --context 128 --lr 3e-3 --warmup-steps 30 \
   --max-time 60s --eval-every 200 --out runs/pystd-gpt --name pystd-gpt
 
-step "8. Sample from it: a base model, so a raw completion" 'prompt -m pystd-gpt -t 0.8 --seed 0 "def "'
+step "10. Sample from it: a base model, so a raw completion" 'prompt -m pystd-gpt -t 0.8 --seed 0 "def "'
 llmctl prompt -m pystd-gpt -t 0.8 --seed 0 --max-tokens 80 "def "
 llmctl models show pystd-gpt
 

@@ -1,0 +1,128 @@
+"""LoRA fine-tuning speed and memory: `llmctl finetune` against transformers.Trainer + peft.
+
+Same model (SmolLM2-135M-Instruct, the embedded default), same data (../shared/data/alpaca_seed_tasks.jsonl,
+tokenized and masked identically), same rank, targets, sequence length, batch and steps. Each side runs
+in its own process so peak memory (max RSS) is its own. Printed as ratios; goal: >= 1.3x the tokens/s
+at no more memory. llmctl packs examples without padding; Trainer pads each batch to its longest.
+
+    python bench/finetune.py [--steps 20] [--batch 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SEEDS = ROOT.parent / "shared" / "data" / "alpaca_seed_tasks.jsonl"
+LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"}
+MAX_LENGTH = 512
+
+
+def _examples(tokenizer):
+    from llmctl.finetune.data import load_examples
+    from llmctl.finetune.tokenize import encode_all
+
+    examples, _ = load_examples([SEEDS])
+    return encode_all(tokenizer, examples, MAX_LENGTH, True, [])
+
+
+def worker_llmctl(steps: int, batch: int) -> dict:
+    from llmctl.finetune.run import FinetuneConfig, FinetuneTask, finetune
+    from llmctl.training.loop import TrainConfig
+
+    seen = {"tokens": 0}
+    real = FinetuneTask.train_batch
+
+    def counting(self, *args):
+        out = real(self, *args)
+        seen["tokens"] += int(out["input_ids"].numel())
+        return out
+
+    FinetuneTask.train_batch = counting
+    out = Path(tempfile.mkdtemp(prefix="bench-llmctl-"))
+    summary = finetune(FinetuneConfig(
+        data=[SEEDS], base="smollm2", out=out, rank=LORA["r"], alpha=LORA["lora_alpha"], dropout=LORA["lora_dropout"],
+        max_length=MAX_LENGTH, eval_split=0.05, register=False, skip_bad_rows=True,
+        train=TrainConfig(max_steps=steps, batch_size=batch, lr=2e-4, min_lr=2e-5, warmup_steps=5, weight_decay=0.0,
+                          eval_every=10**9, save_every=10**9, eval_batches=1)))
+    return {"seconds": summary["seconds"], "tokens": seen["tokens"]}
+
+
+def worker_trainer(steps: int, batch: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
+                              TrainerCallback, TrainingArguments)
+
+    from llmctl.embedded import locate_weights
+
+    source, _ = locate_weights("HuggingFaceTB/SmolLM2-135M-Instruct", offline=True)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    items = _examples(tokenizer)
+    rows = [{"input_ids": t.ids, "labels": t.labels, "attention_mask": [1] * len(t.ids)} for t in items]
+    torch.manual_seed(1337)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32),
+                           LoraConfig(task_type="CAUSAL_LM", **LORA))
+    seen = {"tokens": 0}
+
+    class Count(TrainerCallback):
+        pass
+
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+
+    def counting_collator(features):
+        batch_out = collator(features)
+        seen["tokens"] += sum(len(f["input_ids"]) - 1 for f in features)  # real tokens, as llmctl counts them
+        return batch_out
+
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="bench-trainer-"), per_device_train_batch_size=batch,
+                             max_steps=steps, learning_rate=2e-4, warmup_steps=5, lr_scheduler_type="cosine",
+                             logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=True,
+                             dataloader_num_workers=0, seed=1337, remove_unused_columns=False)
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=counting_collator,
+                      callbacks=[Count()])
+    start = time.perf_counter()
+    trainer.train()
+    return {"seconds": time.perf_counter() - start, "tokens": seen["tokens"]}
+
+
+def run_worker(kind: str, steps: int, batch: int) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--worker", kind, "--steps", str(steps), "--batch", str(batch)],
+                          capture_output=True, text=True, cwd=ROOT, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode:
+        raise SystemExit(f"{kind} worker failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", choices=("llmctl", "trainer"))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+    if args.worker:
+        result = (worker_llmctl if args.worker == "llmctl" else worker_trainer)(args.steps, args.batch)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    if not SEEDS.is_file():
+        raise SystemExit(f"no data at {SEEDS}")
+    trainer, ours = run_worker("trainer", args.steps, args.batch), run_worker("llmctl", args.steps, args.batch)
+    report = {"trainer": trainer, "llmctl": ours,
+              "tokens_per_s_ratio": round((ours["tokens"] / ours["seconds"]) / (trainer["tokens"] / trainer["seconds"]), 3),
+              "peak_memory_ratio": round(ours["peak_rss_mb"] / trainer["peak_rss_mb"], 3)}
+    print(json.dumps(report, indent=2))
+    print(f"llmctl finetune: {report['tokens_per_s_ratio']}x the tokens/s of Trainer+peft at "
+          f"{report['peak_memory_ratio']}x its peak memory", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
