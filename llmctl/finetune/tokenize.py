@@ -50,7 +50,10 @@ def encode_all(tokenizer, examples: list[Example], max_length: int, skip_bad_row
             skipped.append(message)
             continue
         if all(label == IGNORE for label in item.labels[1:]):
-            skipped.append(f"{example.source}: nothing to learn (empty response)")
+            message = f"{example.source}: nothing to learn (the response is empty after templating)"
+            if not skip_bad_rows:
+                raise UsageError(message, hint="fix the row or pass --skip-bad-rows")
+            skipped.append(message)
             continue
         out.append(item)
     return out
