@@ -71,3 +71,21 @@ def file_lock(path: Path) -> Iterator[None]:
                 yield
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def save_pretrained_into(directory: Path, *objects: Any) -> None:
+    """`save_pretrained` every object (model, tokenizer) into a temporary folder inside `directory`,
+    then move each file into place by rename: a reader never sees a half-written file."""
+    import shutil
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / ".save.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for obj in objects:
+            obj.save_pretrained(tmp)  # transformers/peft write safetensors by default
+        for path in tmp.iterdir():
+            os.replace(path, directory / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

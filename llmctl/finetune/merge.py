@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
 from llmctl.errors import UsageError
+from llmctl.fsutil import save_pretrained_into
 
 
 def merge_adapter(name: str, out: Path, new_name: str | None = None, register: bool = True) -> dict:
@@ -27,14 +26,7 @@ def merge_adapter(name: str, out: Path, new_name: str | None = None, register: b
     with torch.no_grad():
         merged = PeftModel.from_pretrained(base_model, entry.adapter).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(entry.adapter)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".merged.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    for path in tmp.iterdir():
-        os.replace(path, out / path.name)
-    tmp.rmdir()
+    save_pretrained_into(out, merged, tokenizer)
     result = {"merged": name, "output_dir": str(out)}
     if register:
         new = ModelEntry(name=new_name or default_name(out), provider="hf", source=str(out.resolve()),

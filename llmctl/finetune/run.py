@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from llmctl.errors import ModelError, UsageError
 from llmctl.finetune.data import ColumnMap, load_examples
 from llmctl.finetune.tokenize import Tokenized, encode_all, pack
-from llmctl.fsutil import atomic_write_json
+from llmctl.fsutil import atomic_write_json, save_pretrained_into
 from llmctl.pretrain.data import is_validation
 from llmctl.training.loop import TrainConfig, Trainer, cpu_only
 
@@ -226,13 +225,7 @@ def data_hash(paths: list[Path]) -> str:
 
 def _save_adapter(model, tokenizer, cfg: FinetuneConfig, summary: dict) -> None:
     """adapter_config.json + adapter_model.safetensors + tokenizer (with the template), by rename."""
-    tmp = cfg.out / ".adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    for path in tmp.iterdir():
-        os.replace(path, cfg.out / path.name)
-    tmp.rmdir()
+    save_pretrained_into(cfg.out, model, tokenizer)
     atomic_write_json(cfg.out / TRAIN_RECORD, {"config": cfg.to_dict(), "summary": summary,
                                                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +17,7 @@ import numpy as np
 import torch
 
 from llmctl.errors import UsageError
-from llmctl.fsutil import atomic_write_json
+from llmctl.fsutil import atomic_write_json, save_pretrained_into
 from llmctl.pretrain.data import CorpusSpec
 from llmctl.pretrain.model import GPTConfig, build_model, count_parameters
 from llmctl.pretrain.prepare import prepare_data
@@ -169,13 +167,7 @@ def pretrain(cfg: PretrainConfig, note: Callable[[str], None] = lambda s: None,
 
 def _save_model(model, tokenizer, cfg: PretrainConfig, summary: dict, data_summary: dict) -> None:
     """Write the HF model files beside data/ and checkpoints/, each by rename; the record last."""
-    tmp = cfg.out / ".model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    for path in tmp.iterdir():
-        os.replace(path, cfg.out / path.name)
-    tmp.rmdir()
+    save_pretrained_into(cfg.out, model, tokenizer)
     record = {"config": cfg.to_dict(), "summary": summary, "data": data_summary,
               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     atomic_write_json(cfg.out / TRAIN_RECORD, json.loads(json.dumps(record, default=str)))
