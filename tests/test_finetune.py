@@ -204,3 +204,14 @@ def test_inspect_and_dry_run(cli, tmp_path, tiny_chat_model):
     shown = cli("finetune", "--data", str(data), "-m", str(tiny_chat_model), "--dry-run", "--out", str(tmp_path / "o"))
     assert shown.code == 0 and "tokens per example" in shown.out and "green = learned" in shown.out
     assert not (tmp_path / "o").exists()
+
+
+def test_gradient_checkpointing_and_chat_data_train(cli, tmp_path, tiny_chat_model):
+    rows = [{"messages": [{"role": "system", "content": "Be a pirate."}, {"role": "user", "content": f"Hi {i}"},
+                          {"role": "assistant", "content": f"Ahoy {i}!"}]} for i in range(8)]
+    data = write_jsonl(tmp_path / "chat.jsonl", rows)
+    r = cli("finetune", "--data", str(data), "-m", str(tiny_chat_model), "--out", str(tmp_path / "gc"),
+            "--gradient-checkpointing", "--max-steps", "2", "--batch-size", "2", "--no-register", "--json")
+    assert r.code == 0, r.err
+    summary = r.json()
+    assert summary["format"] == "chat" and summary["steps"] == 2 and summary["val_loss_after"] is not None
