@@ -7,7 +7,6 @@ strings, the per-token distribution for --top-probs, and a clean stop on Ctrl-C.
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from pathlib import Path
@@ -44,7 +43,9 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def _is_offline(config: Config) -> bool:
-    return config.hf.offline or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    from llmctl.embedded import offline_requested
+
+    return config.hf.offline or offline_requested()
 
 
 def _quiet_transformers() -> None:

@@ -7,7 +7,6 @@ size comes from its config on the meta device.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +22,14 @@ def _tokenizer_and_size(ref: str):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from llmctl.backends.hf import _quiet_transformers
-    from llmctl.embedded import locate_weights
+    from llmctl.embedded import locate_weights, offline_requested
     from llmctl.registry import Registry
 
     _quiet_transformers()
     entry = Registry().resolve(ref)
     if entry.provider != "hf" or entry.adapter:
         raise UsageError(f"cannot fine-tune '{ref}'", hint="choose a local base model (not remote, not an adapter)")
-    source, _ = locate_weights(entry.source, offline=os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"))
+    source, _ = locate_weights(entry.source, offline=offline_requested())
     tokenizer = AutoTokenizer.from_pretrained(source)
     config = AutoConfig.from_pretrained(source)
     with torch.device("meta"):  # shapes only: no memory, no weights read

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -86,7 +85,7 @@ def load_base(ref: str, qlora: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmctl.backends.hf import _quiet_transformers
-    from llmctl.embedded import locate_weights
+    from llmctl.embedded import locate_weights, offline_requested
     from llmctl.registry import Registry
 
     _quiet_transformers()
@@ -96,7 +95,7 @@ def load_base(ref: str, qlora: bool):
                          hint="fine-tune a local model: smollm2, a Hub repo (hf:...), a directory, or a pretrained GPT")
     if entry.adapter:
         raise UsageError(f"'{ref}' is already an adapter", hint=f"merge it first: llmctl finetune merge {ref} --out DIR")
-    source, origin = locate_weights(entry.source, offline=os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"))
+    source, origin = locate_weights(entry.source, offline=offline_requested())
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if torch.cuda.is_available() else torch.float32}
     if qlora:
         if not torch.cuda.is_available():
