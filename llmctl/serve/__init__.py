@@ -1,0 +1,1 @@
+"""Deploy: any registry model over the OpenAI HTTP API (`llmctl serve`)."""

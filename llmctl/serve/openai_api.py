@@ -1,0 +1,119 @@
+"""The OpenAI wire format: request bodies to our GenerationRequest, our chunks to OpenAI's shapes."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Any
+
+from llmctl.backends.base import GenerationRequest, Message, SamplingParams, TokenInfo
+
+
+class APIError(Exception):
+    """An OpenAI-shaped error: status code, message, type and the offending parameter."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param = status, message, kind, param
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
+
+
+def _number(body: dict, key: str, kind: type, default: Any, low: float | None = None, high: float | None = None):
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+        raise APIError(400, f"'{key}' must be {'an integer' if kind is int else 'a number'}", param=key)
+    value = kind(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise APIError(400, f"'{key}' must be between {low} and {high}, got {value}", param=key)
+    return value
+
+
+def parse_request(body: Any, chat: bool, default_max_tokens: int) -> tuple[str, GenerationRequest, int, bool]:
+    """(model, request, n, stream) from a /v1/chat/completions or /v1/completions body."""
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise APIError(400, "'model' is required", param="model")
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise APIError(400, "'stop' must be a string or a list of strings", param="stop")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    params = SamplingParams(
+        temperature=_number(body, "temperature", float, 1.0, 0, 2), top_p=_number(body, "top_p", float, 1.0, 0, 1),
+        top_k=_number(body, "top_k", int, 0, 0, None), seed=_number(body, "seed", int, None, 0, None),
+        repetition_penalty=_number(body, "repetition_penalty", float, 1.0, 0.01, 10),
+        max_tokens=int(max_tokens) if isinstance(max_tokens, int) and max_tokens > 0 else default_max_tokens,
+        stop=stop)
+    if max_tokens is not None and not (isinstance(max_tokens, int) and max_tokens > 0):
+        raise APIError(400, "'max_tokens' must be a positive integer", param="max_tokens")
+    n = _number(body, "n", int, 1, 1, 8)
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise APIError(400, "'messages' must be a non-empty list", param="messages")
+        parsed = []
+        for m in messages:
+            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer"):
+                raise APIError(400, "each message needs a role: system, user or assistant", param="messages")
+            content = m.get("content")
+            if isinstance(content, list):  # content parts: keep the text ones
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            if not isinstance(content, str):
+                raise APIError(400, "message content must be a string", param="messages")
+            parsed.append(Message("system" if m["role"] == "developer" else m["role"], content))
+        top = _number(body, "top_logprobs", int, 0, 0, 20) if body.get("logprobs") else 0
+        if body.get("logprobs") and not top:
+            top = 1
+        request = GenerationRequest(parsed, params, raw=False, top_probs=top)
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise APIError(400, "'prompt' must be a string", param="prompt")
+        top = _number(body, "logprobs", int, 0, 0, 20)
+        request = GenerationRequest([Message("user", prompt)], params, raw=True, top_probs=top)
+    return model, request, n, bool(body.get("stream"))
+
+
+def _logprob(p: float | None) -> float:
+    return math.log(p) if p and p > 0 else -9999.0
+
+
+def chat_logprobs(tokens: list[TokenInfo]) -> dict:
+    return {"content": [{"token": t.token, "logprob": _logprob(t.prob), "bytes": list(t.token.encode()),
+                         "top_logprobs": [{"token": c.token, "logprob": _logprob(c.prob), "bytes": list(c.token.encode())}
+                                          for c in t.top]} for t in tokens]}
+
+
+def completion_logprobs(tokens: list[TokenInfo]) -> dict:
+    return {"tokens": [t.token for t in tokens], "token_logprobs": [_logprob(t.prob) for t in tokens],
+            "top_logprobs": [{c.token: _logprob(c.prob) for c in t.top} for t in tokens], "text_offset": []}
+
+
+def envelope(chat: bool, model: str, choices: list, stream: bool, usage: dict | None = None, rid: str | None = None) -> dict:
+    kind = ("chat.completion.chunk" if stream else "chat.completion") if chat else "text_completion"
+    doc = {"id": rid or f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "object": kind,
+           "created": int(time.time()), "model": model, "choices": choices}
+    if usage is not None:
+        doc["usage"] = {**usage, "total_tokens": usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)}
+    return doc
+
+
+def choice(chat: bool, index: int, text: str, finish: str | None, tokens: list[TokenInfo], want_logprobs: bool,
+           delta: bool) -> dict:
+    out: dict[str, Any] = {"index": index, "finish_reason": finish}
+    if chat:
+        out["delta" if delta else "message"] = {"role": "assistant", "content": text}
+        out["logprobs"] = chat_logprobs(tokens) if want_logprobs else None
+    else:
+        out["text"] = text
+        out["logprobs"] = completion_logprobs(tokens) if want_logprobs else None
+    return out

@@ -1,0 +1,178 @@
+"""An OpenAI-compatible HTTP server over any `Backend` (stdlib only: no web framework to install).
+
+Each model generates one request at a time (a local model saturates the CPU or GPU anyway); up to
+`max_queue` requests wait their turn, more get a clean 503. A client that disconnects mid-stream
+stops its generation and frees its slot.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from llmctl.backends.base import Backend
+from llmctl.errors import LlmctlError
+from llmctl.serve.openai_api import APIError, choice, envelope, parse_request
+
+MAX_BODY = 1 << 20  # 1 MiB of JSON is far more than any prompt this server can take
+
+
+class ModelServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, backends: dict[str, Backend], host: str = "127.0.0.1", port: int = 8000,
+                 api_key: str | None = None, max_queue: int = 16, default_max_tokens: int = 256):
+        super().__init__((host, port), Handler)
+        self.backends = backends
+        self.locks = {name: threading.Lock() for name in backends}
+        self.api_key = api_key
+        self.admitted = threading.BoundedSemaphore(max_queue)
+        self.default_max_tokens = default_max_tokens
+        self.started = time.time()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ModelServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # requests are not logged to the terminal by default
+        pass
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    def _send_json(self, status: int, doc: dict) -> None:
+        data = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _fail(self, error: APIError) -> None:
+        self._send_json(error.status, error.body())
+
+    def _authorized(self) -> bool:
+        key = self.server.api_key
+        return not key or self.headers.get("Authorization", "") == f"Bearer {key}"
+
+    # -- routes --------------------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0].rstrip("/")
+        if path == "/health":
+            return self._send_json(200, {"status": "ok", "models": list(self.server.backends)})
+        if not self._authorized():
+            return self._fail(APIError(401, "invalid or missing API key", "invalid_api_key"))
+        if path == "/v1/models":
+            return self._send_json(200, {"object": "list", "data": [
+                {"id": name, "object": "model", "created": int(self.server.started), "owned_by": "llmctl"}
+                for name in self.server.backends]})
+        self._fail(APIError(404, f"no route {self.path}", "not_found"))
+
+    def do_POST(self) -> None:
+        try:
+            self._post()
+        except APIError as e:
+            self._fail(e)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client left; nothing to answer
+
+    def _post(self) -> None:
+        path = self.path.split("?")[0].rstrip("/")
+        if path not in ("/v1/chat/completions", "/v1/completions"):
+            raise APIError(404, f"no route {self.path}", "not_found")
+        if not self._authorized():
+            raise APIError(401, "invalid or missing API key", "invalid_api_key")
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise APIError(413, f"request body of {length} bytes is over the {MAX_BODY} limit")
+        try:
+            body = json.loads(self.rfile.read(length) or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise APIError(400, f"the body is not valid JSON: {e}") from None
+        chat = path.endswith("chat/completions")
+        if not isinstance(body, dict):
+            raise APIError(422, "the body must be a JSON object")
+        model, request, n, stream = parse_request(body, chat, self.server.default_max_tokens)
+        backend = self.server.backends.get(model)
+        if backend is None:
+            raise APIError(404, f"the model '{model}' is not served here (served: {', '.join(self.server.backends)})",
+                           "model_not_found", "model")
+        if not self.server.admitted.acquire(blocking=False):
+            raise APIError(503, "the server is busy: too many requests waiting; retry shortly", "overloaded")
+        try:
+            with self.server.locks[model]:
+                (self._stream if stream else self._whole)(backend, model, request, n, chat, body)
+        finally:
+            self.server.admitted.release()
+
+    # -- generation ----------------------------------------------------------------------------------
+    def _requests(self, request, n: int):
+        seed = request.params.seed
+        for i in range(n):  # n choices: seed, seed+1, ... so each is reproducible on its own
+            yield i, replace(request, params=replace(request.params, seed=None if seed is None else seed + i))
+
+    def _whole(self, backend: Backend, model: str, request, n: int, chat: bool, body: dict) -> None:
+        choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0}
+        for i, req in self._requests(request, n):
+            try:
+                response = backend.generate(req)
+                text = response.text()
+            except LlmctlError as e:
+                raise APIError(400, str(e)) from None
+            choices.append(choice(chat, i, text, response.finish_reason, response.tokens, bool(req.top_probs), False))
+            usage["prompt_tokens"] = response.usage.get("prompt_tokens", 0)
+            usage["completion_tokens"] += response.usage.get("completion_tokens", 0)
+        self._send_json(200, envelope(chat, model, choices, False, usage))
+
+    def _stream(self, backend: Backend, model: str, request, n: int, chat: bool, body: dict) -> None:
+        rid = envelope(chat, model, [], True)["id"]
+        started = False
+        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        for i, req in self._requests(request, n):
+            response = backend.generate(req)
+            try:
+                for delta in response:
+                    if not started:
+                        self._start_stream()
+                        started = True
+                    tokens = response.tokens[-1:] if req.top_probs else []
+                    self._event(envelope(chat, model, [choice(chat, i, delta, None, tokens, bool(req.top_probs), True)],
+                                         True, rid=rid))
+            except LlmctlError as e:
+                if not started:
+                    raise APIError(400, str(e)) from None
+                self._event({"error": {"message": str(e), "type": "server_error", "param": None, "code": None}})
+                break
+            except (BrokenPipeError, ConnectionResetError):
+                response.cancel()  # the client is gone: stop generating, free the model
+                return
+            if not started:
+                self._start_stream()
+                started = True
+            self._event(envelope(chat, model, [choice(chat, i, "", response.finish_reason, [], False, True)], True, rid=rid))
+            usage["prompt_tokens"] = response.usage.get("prompt_tokens", 0)
+            usage["completion_tokens"] += response.usage.get("completion_tokens", 0)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            self._event(envelope(chat, model, [], True, usage, rid=rid))
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+        self.close_connection = True
+
+    def _start_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+    def _event(self, doc: dict[str, Any]) -> None:
+        self.wfile.write(f"data: {json.dumps(doc)}\n\n".encode())
+        self.wfile.flush()
