@@ -8,6 +8,7 @@ stops its generation and frees its slot.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from dataclasses import replace
@@ -46,6 +47,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:  # requests are not logged to the terminal by default
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        # One small write per streamed token: without TCP_NODELAY, Nagle's algorithm and the client's
+        # delayed ACKs hold each one back for tens of milliseconds.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     # -- plumbing ------------------------------------------------------------------------------------
     def _send_json(self, status: int, doc: dict) -> None:

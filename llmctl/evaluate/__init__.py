@@ -1,0 +1,1 @@
+"""Testing models: perplexity on text, exact-match accuracy on question-answer sets."""
