@@ -106,8 +106,9 @@ class Response:
                 if chunk.text:
                     self._parts.append(chunk.text)
                     yield chunk.text
-        except KeyboardInterrupt:
-            self.finish_reason = "interrupted"
+        except (KeyboardInterrupt, GeneratorExit):  # Ctrl-C, or the caller stopped reading early
+            if self.finish_reason is None:
+                self.finish_reason = "interrupted"
             raise
         finally:
             self._finish(time.perf_counter() - start)
