@@ -7,11 +7,11 @@ template), or a Jinja template string.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmctl.errors import UsageError
+from llmctl.jsonl import parse_jsonl, read_text
 
 ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
                    "Write a response that appropriately completes the request.")
@@ -48,20 +48,9 @@ class Shot:
 
 def load_shots(path: Path) -> list[Shot]:
     """Few-shot examples from a JSONL file of {"input": ..., "output": ...} objects."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UsageError(f"shots file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read shots file {path}: {e}") from None
+    text = read_text(Path(path), f"shots file not found: {path}")
     shots = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+    for number, row in parse_jsonl(path, text):
         if not isinstance(row, dict):
             raise UsageError(f"{path}:{number}: expected an object with 'input' and 'output'")
         for name in ("input", "output"):

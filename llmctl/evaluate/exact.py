@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from pathlib import Path
 from typing import Any
 
 from llmctl.errors import UsageError
+from llmctl.jsonl import parse_jsonl, read_text
 
 ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -21,16 +21,8 @@ def normalise(text: str) -> str:
 
 def load_qa(path: Path) -> list[dict[str, Any]]:
     """JSONL rows with `question` and `answer` (a string or a list of accepted strings)."""
-    if not path.is_file():
-        raise UsageError(f"--data {path}: no such file")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+    for number, row in parse_jsonl(path, read_text(path, f"--data {path}: no such file")):
         answers = row.get("answer") if isinstance(row, dict) else None
         answers = [answers] if isinstance(answers, str) else answers
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not answers \

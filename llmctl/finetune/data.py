@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from llmctl.errors import UsageError
+from llmctl.jsonl import parse_jsonl, read_text
 
 FORMATS = ("alpaca", "chat", "prompt-completion", "text")
 ROLES = ("system", "user", "assistant")
@@ -58,25 +59,14 @@ def read_rows(path: Path) -> list[tuple[int, Any]]:
         except Exception as e:  # datasets raises many kinds for a malformed file
             raise UsageError(f"{path}: cannot read as {suffix[1:]}: {str(e).splitlines()[0]}") from None
         return [(i + 2 if suffix == ".csv" else i + 1, dict(r)) for i, r in enumerate(rows)]
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{path}: not UTF-8 text ({e})") from None
+    text = read_text(path, f"--data {path}: no such file")
     stripped = text.lstrip()
     if stripped.startswith("["):  # a JSON array (the original Alpaca data)
         try:
             return [(i + 1, r) for i, r in enumerate(json.loads(text))]
         except json.JSONDecodeError as e:
             raise UsageError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append((number, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path}:{number}: not valid JSON ({e.msg})",
-                                 hint="one JSON object per line (JSONL), or a JSON array") from None
-    return rows
+    return parse_jsonl(path, text, hint="one JSON object per line (JSONL), or a JSON array")
 
 
 def detect_format(row: Any, columns: ColumnMap) -> str | None:
