@@ -1,7 +1,8 @@
 """A real HTTP server on 127.0.0.1 that speaks the OpenAI wire format, with injectable faults.
 
 Replies are deterministic ("Echo: " + the last user message, one word a token) so tests can check
-streaming, logprobs, stop and max_tokens exactly. Every request body is recorded. Faults are queued
+streaming, logprobs, stop and max_tokens exactly. Set `server.responder` to a function of the request
+body to script the reply text instead (a teacher's or a judge's answer), still one word a token. Every request body is recorded. Faults are queued
 on `server.faults` and consumed one per POST:
 
     ("status", 429)             answer with that status and an OpenAI error body
@@ -22,7 +23,7 @@ import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -38,6 +39,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.faults: deque[tuple] = deque()
         self.requests: list[dict] = []  # every POST body, in order
         self.paths: list[str] = []  # the path of each of those requests
+        self.responder: Callable[[dict], str] | None = None  # scripted reply text, or None to echo
 
     @property
     def url(self) -> str:
@@ -64,7 +66,9 @@ def fake_openai_fixture() -> Iterator[FakeOpenAI]:
         yield server
 
 
-def reply_tokens(body: dict) -> list[str]:
+def reply_tokens(body: dict, responder: Callable[[dict], str] | None = None) -> list[str]:
+    if responder is not None:
+        return [w if i == 0 else " " + w for i, w in enumerate(responder(body).split(" "))]
     if "messages" in body:
         last = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
     else:
@@ -147,7 +151,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") not in ("/v1/chat/completions", "/v1/completions"):
             return self._error(404, f"Invalid URL (POST {self.path})")
         chat = self.path.rstrip("/").endswith("/chat/completions")
-        tokens, finish = limit_tokens(reply_tokens(body), body)
+        tokens, finish = limit_tokens(reply_tokens(body, self.server.responder), body)
         if body.get("stream"):
             self._stream(chat, body, tokens, finish, fault)
         else:

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmctl import __version__
-from llmctl.cli import chat_cmd, config_cmd, eval_cmd, finetune_cmd, logs_cmd, models_cmd, pretrain_cmd, prompt_cmd, serve_cmd
+from llmctl.cli import chat_cmd, config_cmd, data_cmd, eval_cmd, finetune_cmd, logs_cmd, models_cmd, pretrain_cmd, prompt_cmd, serve_cmd
 from llmctl.cli.options import AppState
 
 app = typer.Typer(
@@ -42,8 +42,9 @@ app.command("prompt")(prompt_cmd.prompt)
 app.command("chat")(chat_cmd.chat)
 app.command("pretrain")(pretrain_cmd.pretrain)
 app.command("serve")(serve_cmd.serve)
-app.add_typer(eval_cmd.app, name="eval", help="Test models: perplexity, exact-match accuracy.")
+app.add_typer(eval_cmd.app, name="eval", help="Test models: perplexity, exact match, LLM as a judge, side-by-side comparison.")
 app.add_typer(finetune_cmd.app, name="finetune", help="LoRA fine-tuning of a local model; `finetune merge` folds an adapter in.")
+app.add_typer(data_cmd.app, name="data", help="Make and check training data: generate, distill, prefs, inspect.")
 app.add_typer(models_cmd.app, name="models", help="List, show, add, alias and remove registry models.")
 app.add_typer(config_cmd.app, name="config", help="Show, get and set configuration.")
 app.add_typer(logs_cmd.app, name="logs", help="Browse the log of prompts and responses.")

@@ -1,0 +1,133 @@
+"""Many prompts through one model: prompt files in any common shape, and answering them all at once.
+
+Used by everything that runs a set of prompts (`eval judge`, `eval compare`, `data generate`,
+`data distill`). Remote models answer several requests concurrently; a local model generates one at a
+time (it already uses every core), so `workers` only matters for remote backends.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from llmctl.backends.base import Backend, GenerationRequest, Message, SamplingParams
+from llmctl.errors import LlmctlError, UsageError
+from llmctl.jsonl import parse_jsonl, read_text
+
+PROMPT_FIELDS = "'prompt', 'question', 'instruction' (+ optional 'input') or 'messages'"
+
+
+@dataclass
+class PromptItem:
+    """One prompt: the chat turns to send, a one-line text for tables, and the row's other fields."""
+
+    id: str
+    messages: list[Message]
+    text: str
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. a reference answer or a given response
+
+
+def alpaca_prompt(instruction: str, input_text: str = "") -> str:
+    """An Alpaca row as one user turn: the instruction, then its input after a blank line."""
+    return instruction.strip() + (f"\n\n{input_text.strip()}" if input_text and input_text.strip() else "")
+
+
+def prompt_from_row(row: Any, where: str) -> tuple[list[Message], str]:
+    """The chat turns a JSONL row asks for; a bad row is an error naming where it is."""
+    if isinstance(row, str):
+        row = {"prompt": row}
+    if not isinstance(row, dict):
+        raise UsageError(f"{where}: expected a JSON object with {PROMPT_FIELDS}")
+    if isinstance(row.get("messages"), list):
+        messages = []
+        for m in row["messages"]:
+            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
+                    or not isinstance(m.get("content"), str):
+                raise UsageError(f"{where}: each message needs a role (system, user, assistant) and string content")
+            messages.append(Message(m["role"], m["content"]))
+        if messages and messages[-1].role == "assistant":  # a finished conversation: ask its last question again
+            messages = messages[:-1]
+        if not messages or messages[-1].role != "user":
+            raise UsageError(f"{where}: 'messages' must end with a user turn")
+        return messages, messages[-1].content
+    for key in ("prompt", "question"):
+        if isinstance(row.get(key), str) and row[key].strip():
+            return [Message("user", row[key])], row[key]
+    if isinstance(row.get("instruction"), str) and row["instruction"].strip():
+        text = alpaca_prompt(row["instruction"], row.get("input") if isinstance(row.get("input"), str) else "")
+        return [Message("user", text)], text
+    raise UsageError(f"{where}: no prompt found; expected {PROMPT_FIELDS}")
+
+
+def load_prompts(path: Path) -> list[PromptItem]:
+    """Prompts from JSONL (see PROMPT_FIELDS; other fields are kept in `extra`) or plain text, one a line."""
+    path = Path(path)
+    text = read_text(path, f"{path}: no such prompts file")
+    items = []
+    if path.suffix.lower() in (".jsonl", ".json"):
+        for number, row in parse_jsonl(path, text):
+            messages, shown = prompt_from_row(row, f"{path}:{number}")
+            extra = {k: v for k, v in row.items() if k not in ("messages", "prompt", "question")} \
+                if isinstance(row, dict) else {}
+            items.append(PromptItem(str(row.get("id", number)) if isinstance(row, dict) else str(number),
+                                    messages, shown, extra))
+    else:
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                items.append(PromptItem(str(number), [Message("user", line.strip())], line.strip()))
+    if not items:
+        raise UsageError(f"{path} has no prompts", hint=f"JSONL rows with {PROMPT_FIELDS}, or one prompt per line")
+    return items
+
+
+@dataclass
+class Answer:
+    text: str | None  # None when the request failed
+    error: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+def is_remote(backend: Backend) -> bool:
+    return getattr(backend, "client", None) is not None  # the OpenAI backend holds an HTTP client
+
+
+def answer_one(backend: Backend, request: GenerationRequest) -> Answer:
+    """One request; a failure (remote error after retries, a prompt too long) is recorded, not raised."""
+    try:
+        response = backend.generate(request)
+        text = response.text()
+        return Answer(text, finish_reason=response.finish_reason, usage=response.usage)
+    except LlmctlError as e:
+        return Answer(None, error=str(e))
+
+
+def answer_all(backend: Backend, requests: list[GenerationRequest], workers: int = 4,
+               on_answer: Callable[[int, Answer], None] | None = None) -> list[Answer]:
+    """Every request's answer, in order. `on_answer(index, answer)` runs as each one finishes (for
+    progress bars and incremental saving), from one thread at a time."""
+    results: list[Answer | None] = [None] * len(requests)
+    lock = threading.Lock()
+
+    def run(index: int) -> None:
+        answer = answer_one(backend, requests[index])
+        with lock:
+            results[index] = answer
+            if on_answer:
+                on_answer(index, answer)
+
+    if workers > 1 and is_remote(backend) and len(requests) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for future in [pool.submit(run, i) for i in range(len(requests))]:
+                future.result()
+    else:
+        for i in range(len(requests)):
+            run(i)
+    return [r for r in results if r is not None]
+
+
+def greedy(max_tokens: int) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens)

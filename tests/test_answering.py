@@ -1,0 +1,49 @@
+"""Prompt files in every accepted shape, and answering many prompts (concurrently for remote models)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmctl.answering import answer_all, greedy, load_prompts
+from llmctl.backends.base import GenerationRequest
+from llmctl.backends.openai_backend import OpenAIBackend
+from llmctl.config import Config
+from llmctl.errors import UsageError
+from llmctl.registry import ModelEntry
+from tests.fake_openai import fake_openai_fixture  # noqa: F401
+
+
+def test_prompt_shapes(tmp_path):
+    path = tmp_path / "p.jsonl"
+    rows = [{"prompt": "a", "reference": "A"}, {"question": "b"}, {"instruction": "Sum", "input": "1 2", "id": "x"},
+            {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "c"},
+                          {"role": "assistant", "content": "old"}]}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    items = load_prompts(path)
+    assert [i.text for i in items] == ["a", "b", "Sum\n\n1 2", "c"]
+    assert items[0].extra == {"reference": "A"} and items[2].id == "x"
+    assert [m.role for m in items[3].messages] == ["system", "user"]
+    text = tmp_path / "p.txt"
+    text.write_text("first\n\nsecond\n")
+    assert [i.text for i in load_prompts(text)] == ["first", "second"]
+    path.write_text('{"answer": "no prompt"}\n')
+    with pytest.raises(UsageError, match="p.jsonl:1: no prompt found"):
+        load_prompts(path)
+    with pytest.raises(UsageError, match="no such prompts file"):
+        load_prompts(tmp_path / "missing.jsonl")
+
+
+def test_answer_all_keeps_order_and_records_failures(fake_openai):
+    backend = OpenAIBackend(ModelEntry("fake", "openai", "fake-model", base_url=fake_openai.url), Config())
+    from llmctl.backends.base import Message
+
+    requests = [GenerationRequest([Message("user", f"q{i}")], greedy(8)) for i in range(6)]
+    fake_openai.faults.append(("status", 400))  # one request fails for good (400 is not retried)
+    seen = []
+    answers = answer_all(backend, requests, workers=3, on_answer=lambda i, a: seen.append(i))
+    assert sorted(seen) == list(range(6)) and len(answers) == 6
+    failed = [a for a in answers if a.text is None]
+    assert len(failed) == 1 and "400" in failed[0].error
+    assert all(a.text == f"Echo: q{i}" for i, a in enumerate(answers) if a.text is not None)
