@@ -1,0 +1,1 @@
+"""Training data that llmctl makes: self-instruct generation, distillation sets, preference pairs."""
