@@ -1,4 +1,5 @@
-"""`llmctl eval`: perplexity on text and exact-match accuracy on question-answer sets."""
+"""`llmctl eval`: perplexity on text, exact-match accuracy on question-answer sets, LLM as a judge, side-by-side
+comparison, and saved runs to show and score by hand."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from llmctl.cli.options import JsonOpt, state
-from llmctl.cli.output import err, out, print_json
+from llmctl.cli.output import err, out, print_json, warn
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -69,3 +71,255 @@ def exact(
     out.print(table)
     out.print(f"[bold]{model}[/]: exact match {doc['exact_match']:.1%} · contains {doc['contains']:.1%} "
               f"of {doc['questions']} questions")
+
+
+# -- LLM as a judge, comparison, saved runs ---------------------------------------------------------
+
+PromptsOpt = Annotated[Optional[Path], typer.Option("--prompts", "-p", help="Prompts: JSONL (prompt/question/instruction/messages; a 'response' field is judged as given) or text, one per line.")]
+JudgeOpt = Annotated[Optional[str], typer.Option("--judge", "-j", help="Judge model: any registry model (OpenAI, a served model, a local one).")]
+RubricOpt = Annotated[Optional[str], typer.Option("--rubric", "-r", help="Criteria, comma-separated: age-appropriateness, grammar, choice-of-story, creativity, helpfulness, correctness, or names from --rubric-file.")]
+RubricFileOpt = Annotated[Optional[Path], typer.Option("--rubric-file", help="Custom criteria: TOML or JSON, name = description (or a table with description and scale).")]
+JudgeRetriesOpt = Annotated[int, typer.Option("--retries", min=0, max=10, help="Asks again when a judgment cannot be parsed, with the error fed back.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=64, help="Concurrent requests to remote models.")]
+AnswerTokensOpt = Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens per answer.")]
+JudgeTokensOpt = Annotated[int, typer.Option("--judge-max-tokens", min=16, help="Most tokens per judgment.")]
+AnswerTempOpt = Annotated[float, typer.Option("--temperature", "-t", min=0.0, max=2.0, help="Answers' temperature (0 = greedy).")]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="Seed for answers, judgments and the --human order.")]
+SystemOpt = Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt for prompts that have none.")]
+SaveOpt = Annotated[Optional[Path], typer.Option("--save", help="Run directory (default: LLMCTL_HOME/evals/<run-id>).")]
+
+
+class StageProgress:
+    """One progress bar per stage (answering, judging) on stderr: count, elapsed, ETA."""
+
+    def __init__(self, enabled: bool = True):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
+                                 disable=not enabled)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> "StageProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total)
+        self.progress.update(self.tasks[stage], completed=done, total=total)
+
+
+def clip(text: Optional[str], width: int) -> str:
+    if text is None:
+        return "[red](failed)[/]"
+    flat = " ".join(text.split())
+    return escape(flat if len(flat) <= width else flat[: width - 1] + "…")
+
+
+def fmt(value, digits: int = 2) -> str:
+    return "-" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+
+
+def scores_table(figures: dict, title: str):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for column in ("criterion", "mean", "spread", "min", "max", "judged", "failed"):
+        table.add_column(column, justify="left" if column == "criterion" else "right")
+    for name, f in figures.items():
+        table.add_row(name, fmt(f["mean"]), fmt(f["std"]), fmt(f["min"]), fmt(f["max"]), str(f["judged"]),
+                      str(f["failed"]))
+    return table
+
+
+def wins_table(results: dict, title: str):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for column in ("model", "wins", "losses", "ties", "failed", "win rate"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for model, f in results["models"].items():
+        rate = "-" if f["win_rate"] is None else f"{f['win_rate']:.1%}"
+        table.add_row(escape(model), str(f["wins"]), str(f["losses"]), str(f["ties"]), str(f["failed"]), rate)
+    return table
+
+
+def answers_table(run, width: int):
+    """Judge runs: prompt, answer, scores; compare runs: the prompt, then each model's answer side by side."""
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False, show_lines=True)
+    table.add_column("prompt", overflow="fold", max_width=width)
+    if run.kind == "compare":
+        for model in run.summary.get("models", []):
+            table.add_column(escape(model), overflow="fold")
+        for row in run.rows:
+            table.add_row(clip(row["prompt"], width), *(clip(row["answers"].get(m), 3 * width)
+                                                         for m in run.summary.get("models", [])))
+        return table
+    table.add_column("answer", overflow="fold")
+    table.add_column("scores", overflow="fold")
+    for row in run.rows:
+        scores = " ".join(f"{k} {v}" for k, v in (row.get("scores") or {}).items()) or escape(row.get("error") or "")
+        if row.get("human_scores"):
+            scores += " · human: " + " ".join(f"{k} {v}" for k, v in row["human_scores"].items())
+        table.add_row(clip(row["prompt"], width), clip(row["answer"], 3 * width), scores)
+    return table
+
+
+def render_run(run, with_rows: bool) -> None:
+    s = run.summary
+    if with_rows and run.rows:
+        out.print(answers_table(run, 40))
+    models = ", ".join(s.get("models") or []) or "-"
+    out.print(f"[bold]{escape(run.id)}[/] · {s.get('kind')} · models {escape(models)} · judge "
+              f"{escape(str(s.get('judge') or '-'))} · {s.get('judge_prompt_version', '-')} · {s.get('status', '?')}")
+    if s.get("scores"):
+        out.print(scores_table(s["scores"], f"judge {s.get('judge')}"))
+    if s.get("results"):
+        out.print(wins_table(s["results"], f"judge {s.get('judge')} (both orders must agree for a win)"))
+    human = s.get("human")
+    if human:
+        out.print(wins_table(human, "human") if "models" in human else scores_table(human, "human"))
+    out.print(f"[dim]saved in {escape(str(run.directory))}[/]")
+
+
+def finish(run, json_out: bool, human: bool, seed: int) -> None:
+    if human:
+        from llmctl.evaluate.human import judge_by_hand
+
+        judge_by_hand(run, seed=seed)
+    if json_out:
+        print_json({**run.summary, "path": str(run.directory)})
+    else:
+        render_run(run, with_rows=run.kind == "compare")
+
+
+@app.command("judge")
+def judge(
+    ctx: typer.Context,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model that answers the prompts (not needed with --answers).")] = None,
+    judge_model: JudgeOpt = None,
+    prompts: PromptsOpt = None,
+    answers: Annotated[Optional[Path], typer.Option("--answers", help="JSONL of prompt + response rows to judge as they are.")] = None,
+    rubric: RubricOpt = None,
+    rubric_file: RubricFileOpt = None,
+    retries: JudgeRetriesOpt = 2,
+    workers: WorkersOpt = 4,
+    samples: Annotated[int, typer.Option("--samples", min=1, max=32, help="Answers per prompt (needs --temperature > 0).")] = 1,
+    temperature: AnswerTempOpt = 0.0,
+    max_tokens: AnswerTokensOpt = 256,
+    judge_max_tokens: JudgeTokensOpt = 512,
+    system: SystemOpt = None,
+    seed: SeedOpt = 0,
+    save: SaveOpt = None,
+    human: Annotated[bool, typer.Option("--human", help="Score the answers yourself in the terminal instead of a judge model.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score answers 1-10 per criterion with a judge model (or by hand), with mean, spread, min and max."""
+    from llmctl.answering import load_prompts
+    from llmctl.errors import UsageError
+    from llmctl.evaluate.judge import AnswerSettings, JudgeSettings, run_judge
+    from llmctl.evaluate.rubrics import select_criteria
+
+    if (prompts is None) == (answers is None):
+        raise UsageError("give --prompts FILE or --answers FILE (one of them)")
+    if human == bool(judge_model):
+        raise UsageError("give --judge MODEL, or --human to score by hand (one of them)")
+    criteria = select_criteria(rubric, rubric_file)
+    items = load_prompts(prompts or answers)
+    if answers and model:
+        warn("--answers are judged as given; -m is not used")
+        model = None
+    settings = JudgeSettings(criteria, retries, judge_max_tokens, 0.0, seed, workers)
+    answering = AnswerSettings(max_tokens, temperature, samples, seed, system, workers)
+    with StageProgress() as progress:
+        run = run_judge(items, model, judge_model, settings, answering, state(ctx).config().config, save,
+                        progress.update)
+    finish(run, json_out, human, seed)
+
+
+@app.command("compare")
+def compare(
+    ctx: typer.Context,
+    models: Annotated[list[str], typer.Option("--model", "-m", help="A model to compare (repeat: -m A -m B).")],
+    prompts: Annotated[Path, typer.Option("--prompts", "-p", help="Prompts: JSONL (prompt/question/instruction/messages) or text, one per line.")],
+    judge_model: JudgeOpt = None,
+    rubric: RubricOpt = None,
+    rubric_file: RubricFileOpt = None,
+    retries: JudgeRetriesOpt = 2,
+    workers: WorkersOpt = 4,
+    temperature: AnswerTempOpt = 0.0,
+    max_tokens: AnswerTokensOpt = 256,
+    judge_max_tokens: JudgeTokensOpt = 512,
+    system: SystemOpt = None,
+    seed: SeedOpt = 0,
+    save: SaveOpt = None,
+    human: Annotated[bool, typer.Option("--human", help="Then choose the better answer of each pair yourself.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """The same prompts through several models side by side; with --judge, pairwise verdicts (asked in both
+    orders) and win rates."""
+    from llmctl.answering import load_prompts
+    from llmctl.evaluate.compare import run_compare
+    from llmctl.evaluate.judge import AnswerSettings, JudgeSettings
+    from llmctl.evaluate.rubrics import select_criteria
+
+    criteria = select_criteria(rubric, rubric_file) if rubric or rubric_file else []
+    items = load_prompts(prompts)
+    settings = JudgeSettings(criteria, retries, judge_max_tokens, 0.0, seed, workers)
+    answering = AnswerSettings(max_tokens, temperature, 1, seed, system, workers)
+    with StageProgress() as progress:
+        run = run_compare(items, models, judge_model, settings, answering, state(ctx).config().config, save,
+                          progress.update)
+    finish(run, json_out, human, seed)
+
+
+@app.command("show")
+def show(
+    run_ref: Annotated[Optional[str], typer.Argument(metavar="RUN", help="Run id (see `llmctl eval list`) or run directory.")] = None,
+    human: Annotated[bool, typer.Option("--human", help="Score (or go on scoring) this run by hand.")] = False,
+    seed: SeedOpt = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """A saved judge or compare run: answers, scores, verdicts and figures. No RUN: list the runs."""
+    from llmctl.evaluate.runs import load_run
+
+    if run_ref is None:
+        return list_runs(json_out)
+    run = load_run(run_ref)
+    if human:
+        from llmctl.evaluate.human import judge_by_hand
+
+        judge_by_hand(run, seed=seed)
+    if json_out:
+        print_json({"summary": run.summary, "path": str(run.directory), "rows": run.rows})
+    else:
+        render_run(run, with_rows=True)
+
+
+@app.command("list")
+def list_runs(json_out: JsonOpt = False) -> None:
+    """Saved judge and compare runs, newest first."""
+    from rich.table import Table
+
+    from llmctl.evaluate.runs import list_runs as saved_runs
+
+    runs = saved_runs()
+    if json_out:
+        print_json(runs)
+        return
+    if not runs:
+        err.print("no saved eval runs yet (llmctl eval judge / eval compare save one)")
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("run", "kind", "models", "judge", "status", "created"):
+        table.add_column(column, overflow="fold")
+    for r in runs:
+        table.add_row(r["id"], r["kind"], escape(", ".join(r["models"])), escape(str(r["judge"] or "-")), r["status"],
+                      r["created"] or "-")
+    out.print(table)

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmctl import __version__
-from llmctl.cli import chat_cmd, config_cmd, data_cmd, eval_cmd, finetune_cmd, logs_cmd, models_cmd, pretrain_cmd, prompt_cmd, serve_cmd
+from llmctl.cli import chat_cmd, config_cmd, data_cmd, eval_cmd, finetune_cmd, logs_cmd, models_cmd, prefs_cmd, pretrain_cmd, prompt_cmd, serve_cmd
 from llmctl.cli.options import AppState
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ app.add_typer(data_cmd.app, name="data", help="Make and check training data: gen
 app.add_typer(models_cmd.app, name="models", help="List, show, add, alias and remove registry models.")
 app.add_typer(config_cmd.app, name="config", help="Show, get and set configuration.")
 app.add_typer(logs_cmd.app, name="logs", help="Browse the log of prompts and responses.")
+data_cmd.app.command("prefs")(prefs_cmd.prefs)
 
 
 def _debugging(argv: list[str]) -> bool:
