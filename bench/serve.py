@@ -1,5 +1,6 @@
 """Serving throughput: requests/s and time to first token at 1, 4 and 16 concurrent clients
-against `llmctl serve`, and the same model's generation called in-process, in the same run.
+against `llmctl serve` with batching (--max-batch 8) and without (1), and the same model's generation
+called in-process one request after another, in the same run.
 
     python bench/serve.py [--model smollm2] [--requests 16] [--max-tokens 16]
 """
@@ -64,14 +65,16 @@ def main() -> None:
     backend = open_backend(resolve_entry(args.model), Config())
     in_process(backend, 1, args.max_tokens)  # warm-up, so neither side pays for first-call costs
     baseline = in_process(backend, args.requests, args.max_tokens)
-    server = ModelServer({"m": backend}, "127.0.0.1", 0, max_queue=64)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     report = {"in_process": baseline}
-    for clients in (1, 4, 16):
-        result = over_http(server.url, clients, args.requests, args.max_tokens)
-        result["throughput_ratio"] = round(result["requests_per_s"] / baseline["requests_per_s"], 3)
-        report[f"http_{clients}_clients"] = result
-    server.shutdown()
+    for max_batch in (1, 8):
+        server = ModelServer({"m": backend}, "127.0.0.1", 0, max_queue=64, max_batch=max_batch)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        for clients in (1, 4, 16):
+            result = over_http(server.url, clients, args.requests, args.max_tokens)
+            result["throughput_ratio"] = round(result["requests_per_s"] / baseline["requests_per_s"], 3)
+            report[f"http_batch{max_batch}_{clients}_clients"] = result
+        server.shutdown()
+        server.server_close()
     print(json.dumps(report, indent=2))
     print("requests/s over HTTP relative to in-process: "
           + ", ".join(f"{k}: {v['throughput_ratio']}" for k, v in report.items() if k != "in_process"), file=sys.stderr)

@@ -1,7 +1,7 @@
 """Local Hugging Face models: a Hub repo, a model directory, a pretrained GPT, or base + LoRA adapter.
 
-Generation is our own short decoding loop over the model's KV cache rather than `generate()`: it
-gives a per-request random generator (reproducible --seed), streaming without a thread, stop
+Generation is our own short decoding loop over the model's KV cache (hf_decode.py) rather than
+`generate()`: it batches concurrent server requests, and gives a per-request random generator (reproducible --seed), streaming without a thread, stop
 strings, the per-token distribution for --top-probs, and a clean stop on Ctrl-C.
 """
 
@@ -18,7 +18,7 @@ from llmctl.backends.base import Backend, Chunk, GenerationRequest, RenderedProm
 from llmctl.config import Config
 from llmctl.errors import ModelError, UsageError
 from llmctl.registry import ModelEntry, Registry
-from llmctl.sampling import IncrementalDetokenizer, StopMatcher, apply_repetition_penalty, sample_next
+from llmctl.backends.hf_decode import DecodeRow, decode_rows
 from llmctl.templates import NAMED_TEMPLATES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -159,44 +159,42 @@ class HFBackend(Backend):
     # -- generation ------------------------------------------------------------------------------
     def _generate(self, request: GenerationRequest) -> Iterator[Chunk]:
         _, prompt_ids = self._encode(request)
+        return self._decode(prompt_ids, request, self._room(prompt_ids, request))
+
+    def _room(self, prompt_ids: list[int], request: GenerationRequest) -> int:
+        """How many tokens this request may generate; an empty or too-long prompt is an error."""
         if not prompt_ids:
             raise UsageError("the prompt is empty after tokenization")
         room = self.context_length - len(prompt_ids)
         if room <= 0:
             raise UsageError(f"the prompt is {len(prompt_ids)} tokens but {self.name} has a context of "
                              f"{self.context_length}", hint="shorten the prompt or history (--no-continue)")
-        return self._decode(prompt_ids, request, min(request.params.max_tokens, room))
+        return min(request.params.max_tokens, room)
 
-    @torch.inference_mode()
     def _decode(self, prompt_ids: list[int], request: GenerationRequest, max_new: int) -> Iterator[Chunk]:
-        p = request.params
-        generator = torch.Generator(device=self.device)
-        # A per-request generator: the same seed gives the same text whatever else ran before.
-        generator.manual_seed(p.seed) if p.seed is not None else generator.seed()
-        seen = torch.tensor(prompt_ids, device=self.device)
-        step_ids = seen.view(1, -1)
-        past = None
-        detok, stops = IncrementalDetokenizer(self.tokenizer), StopMatcher(p.stop)
-        finish, produced = "length", 0
-        while produced < max_new:
-            out = self.model(input_ids=step_ids, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            logits = apply_repetition_penalty(out.logits[0, -1].float(), seen, p.repetition_penalty)
-            token = sample_next(logits, p.temperature, p.top_k, p.top_p, generator)
-            info = self._token_info(logits, p.temperature, token, request.top_probs) if request.top_probs else None
-            if token in self.eos_ids:
-                finish = "stop"
-                break
-            produced += 1
-            seen = torch.cat([seen, seen.new_tensor([token])])
-            step_ids = seen[-1:].view(1, 1)
-            text, hit = stops.feed(detok.add(token))
-            yield Chunk(text=text, tokens=[info] if info else [])
-            if hit:
-                finish = "stop"
-                break
-        yield Chunk(text=stops.flush() if finish != "stop" else "", finish_reason=finish,
-                    usage={"prompt_tokens": len(prompt_ids), "completion_tokens": produced})
+        row = DecodeRow(prompt_ids, request, max_new, self.tokenizer)
+        for _, chunk in decode_rows(self.model, [row], self.device, self.pad_id, self.eos_ids, self._token_info):
+            yield chunk
+
+    # -- batching (used by `llmctl serve` for concurrent requests) -------------------------------
+    supports_batching = True
+
+    def prepare_row(self, request: GenerationRequest, cancelled=lambda: False) -> DecodeRow:
+        """Check and encode a request for `decode_batch`; a bad request fails here, before it is queued."""
+        _, prompt_ids = self._encode(request)
+        max_new = self._room(prompt_ids, request)
+        return DecodeRow(prompt_ids, request, max_new, self.tokenizer, cancelled)
+
+    def decode_batch(self, rows: list[DecodeRow]) -> Iterator[tuple[int, Chunk]]:
+        return decode_rows(self.model, rows, self.device, self.pad_id, self.eos_ids, self._token_info)
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        for value in (tok.pad_token_id, tok.eos_token_id, *sorted(self.eos_ids)):
+            if isinstance(value, int):
+                return value
+        return 0
 
     def _token_info(self, logits: torch.Tensor, temperature: float, token: int, k: int) -> TokenInfo:
         probs = torch.softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)

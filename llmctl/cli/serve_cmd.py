@@ -20,6 +20,7 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
     api_key: Annotated[Optional[str], typer.Option("--api-key", help="Require 'Authorization: Bearer KEY' (or set LLMCTL_SERVE_API_KEY).")] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Requests admitted at once; more get 503.")] = 16,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Requests a local model decodes together (1 = one at a time).")] = 8,
 ) -> None:
     """Serve models over the OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /health."""
     from llmctl.prompting import open_backend, resolve_entry
@@ -31,7 +32,7 @@ def serve(
     for ref in model:
         with err.status(f"loading {ref}…"):
             backends[ref] = open_backend(resolve_entry(ref), cfg)
-    server = ModelServer(backends, host, port, key, max_queue, cfg.sampling.max_tokens)
+    server = ModelServer(backends, host, port, key, max_queue, cfg.sampling.max_tokens, max_batch)
     # SIGTERM: stop accepting, finish what is running, exit 0 (what process managers expect).
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     err.print(f"serving {', '.join(backends)} at [bold]{server.url}[/]" + (" (API key required)" if key else "")

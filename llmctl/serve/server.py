@@ -1,8 +1,8 @@
 """An OpenAI-compatible HTTP server over any `Backend` (stdlib only: no web framework to install).
 
-Each model generates one request at a time (a local model saturates the CPU or GPU anyway); up to
-`max_queue` requests wait their turn, more get a clean 503. A client that disconnects mid-stream
-stops its generation and frees its slot.
+Concurrent requests to a local model are decoded together in batches (batcher.py); remote models
+take them as they come. Up to `max_queue` requests are admitted at once, more get a clean 503. A
+client that disconnects mid-stream stops its generation and frees its slot.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from llmctl.backends.base import Backend
-from llmctl.errors import LlmctlError
+from llmctl.backends.base import Backend, GenerationRequest, Response
+from llmctl.errors import LlmctlError, UsageError
+from llmctl.serve.batcher import Batcher, ServerStopping
 from llmctl.serve.openai_api import APIError, choice, envelope, parse_request
 
 MAX_BODY = 1 << 20  # 1 MiB of JSON is far more than any prompt this server can take
@@ -24,11 +25,18 @@ MAX_BODY = 1 << 20  # 1 MiB of JSON is far more than any prompt this server can 
 
 class ModelServer(ThreadingHTTPServer):
     daemon_threads = True
+    # The listen backlog: socketserver's default of 5 refuses connections when dozens of clients
+    # connect at once, before the queue can answer them with a clean 503.
+    request_queue_size = 128
 
     def __init__(self, backends: dict[str, Backend], host: str = "127.0.0.1", port: int = 8000,
-                 api_key: str | None = None, max_queue: int = 16, default_max_tokens: int = 256):
+                 api_key: str | None = None, max_queue: int = 16, default_max_tokens: int = 256,
+                 max_batch: int = 8):
         super().__init__((host, port), Handler)
         self.backends = backends
+        # max_batch 1 still goes through a batcher: one request at a time, streamed as it decodes.
+        self.batchers = {name: Batcher(b, max_batch) for name, b in backends.items()
+                         if getattr(b, "supports_batching", False)}
         self.locks = {name: threading.Lock() for name in backends}
         self.api_key = api_key
         self.admitted = threading.BoundedSemaphore(max_queue)
@@ -39,6 +47,24 @@ class ModelServer(ThreadingHTTPServer):
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/v1"
+
+    def start(self, model: str, request: GenerationRequest) -> Response:
+        """Begin a generation: into the model's batch queue, or straight to the backend."""
+        batcher = self.batchers.get(model)
+        if batcher is not None:
+            return batcher.submit(request)
+        backend = self.backends[model]
+        if getattr(backend, "client", None) is not None:  # a remote model takes concurrent requests
+            return backend.generate(request)
+        with self.locks[model]:  # a local model without batching: one at a time, read to the end here
+            response = backend.generate(request)
+            response.text()
+        return response
+
+    def server_close(self) -> None:
+        for batcher in self.batchers.values():  # ends running generations so no thread outlives the server
+            batcher.close()
+        super().server_close()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -74,7 +100,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?")[0].rstrip("/")
         if path == "/health":
-            return self._send_json(200, {"status": "ok", "models": list(self.server.backends)})
+            return self._send_json(200, {"status": "ok", "models": list(self.server.backends),
+                                         "batching": {name: b.stats for name, b in self.server.batchers.items()}})
         if not self._authorized():
             return self._fail(APIError(401, "invalid or missing API key", "invalid_api_key"))
         if path == "/v1/models":
@@ -90,6 +117,10 @@ class Handler(BaseHTTPRequestHandler):
             self._fail(e)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client left; nothing to answer
+        except ServerStopping as e:
+            self._fail(APIError(503, str(e), "overloaded"))
+        except Exception as e:  # noqa: BLE001 - a bug or a failed generation: an error body, never a traceback
+            self._fail(APIError(500, f"generation failed: {type(e).__name__}: {e}", "server_error"))
 
     def _post(self) -> None:
         path = self.path.split("?")[0].rstrip("/")
@@ -115,8 +146,7 @@ class Handler(BaseHTTPRequestHandler):
         if not self.server.admitted.acquire(blocking=False):
             raise APIError(503, "the server is busy: too many requests waiting; retry shortly", "overloaded")
         try:
-            with self.server.locks[model]:
-                (self._stream if stream else self._whole)(backend, model, request, n, chat, body)
+            (self._stream if stream else self._whole)(model, request, n, chat, body)
         finally:
             self.server.admitted.release()
 
@@ -126,25 +156,32 @@ class Handler(BaseHTTPRequestHandler):
         for i in range(n):  # n choices: seed, seed+1, ... so each is reproducible on its own
             yield i, replace(request, params=replace(request.params, seed=None if seed is None else seed + i))
 
-    def _whole(self, backend: Backend, model: str, request, n: int, chat: bool, body: dict) -> None:
+    def _begin(self, model: str, request: GenerationRequest) -> Response:
+        try:
+            return self.server.start(model, request)
+        except UsageError as e:  # the request itself is bad (too long, empty)
+            raise APIError(400, str(e)) from None
+
+    def _whole(self, model: str, request, n: int, chat: bool, body: dict) -> None:
         choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0}
-        for i, req in self._requests(request, n):
+        # All n choices are queued before any is read, so a batching model decodes them together.
+        started = [(i, req, self._begin(model, req)) for i, req in self._requests(request, n)]
+        for i, req, response in started:
             try:
-                response = backend.generate(req)
                 text = response.text()
-            except LlmctlError as e:
+            except UsageError as e:
                 raise APIError(400, str(e)) from None
             choices.append(choice(chat, i, text, response.finish_reason, response.tokens, bool(req.top_probs), False))
             usage["prompt_tokens"] = response.usage.get("prompt_tokens", 0)
             usage["completion_tokens"] += response.usage.get("completion_tokens", 0)
         self._send_json(200, envelope(chat, model, choices, False, usage))
 
-    def _stream(self, backend: Backend, model: str, request, n: int, chat: bool, body: dict) -> None:
+    def _stream(self, model: str, request, n: int, chat: bool, body: dict) -> None:
         rid = envelope(chat, model, [], True)["id"]
         started = False
         usage = {"prompt_tokens": 0, "completion_tokens": 0}
         for i, req in self._requests(request, n):
-            response = backend.generate(req)
+            response = self._begin(model, req)
             try:
                 for delta in response:
                     if not started:
@@ -155,7 +192,7 @@ class Handler(BaseHTTPRequestHandler):
                                          True, rid=rid))
             except LlmctlError as e:
                 if not started:
-                    raise APIError(400, str(e)) from None
+                    raise APIError(400 if isinstance(e, UsageError) else 500, str(e)) from None
                 self._event({"error": {"message": str(e), "type": "server_error", "param": None, "code": None}})
                 break
             except (BrokenPipeError, ConnectionResetError):
