@@ -8,6 +8,7 @@ only ever computes the rows still generating.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -67,6 +68,12 @@ def _pick(row: DecodeRow, logits: torch.Tensor, eos_ids: set[int],
     return token, chunks
 
 
+def cache_argument(model) -> str:
+    """transformers 5 names the KV cache `cache`; 4.x (and 5.x until 5.40, deprecated) `past_key_values`."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps forward(**kwargs)
+    return "cache" if "cache" in inspect.signature(core.forward).parameters else "past_key_values"
+
+
 @torch.inference_mode()
 def decode_rows(model, rows: list[DecodeRow], device: torch.device, pad_id: int, eos_ids: set[int],
                 token_info: Callable[[torch.Tensor, float, int, int], TokenInfo]) -> Iterator[tuple[int, Chunk]]:
@@ -86,11 +93,11 @@ def decode_rows(model, rows: list[DecodeRow], device: torch.device, pad_id: int,
     mask = torch.tensor([[0] * (longest - len(rows[i].prompt_ids)) + [1] * len(rows[i].prompt_ids) for i in live],
                         device=device) if needs_mask else None
     positions = (mask.cumsum(-1) - 1).clamp(min=0) if needs_mask else None
-    past = None
+    past, cache_name = None, cache_argument(model)
     while live:
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=past,
-                    use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    **{cache_name: past})
+        past = getattr(out, cache_name)
         keep, tokens = [], []
         for slot, i in enumerate(live):
             if rows[i].cancelled():
