@@ -31,8 +31,9 @@ class PromptItem:
 
 
 def alpaca_prompt(instruction: str, input_text: str = "") -> str:
-    """An Alpaca row as one user turn: the instruction, then its input after a blank line."""
-    return instruction.strip() + (f"\n\n{input_text.strip()}" if input_text and input_text.strip() else "")
+    """An Alpaca row as one user turn: the instruction, then its input after a blank line. Fine-tuning
+    builds its prompts with this too, so a model is asked exactly what it was trained on."""
+    return instruction if not (input_text or "").strip() else f"{instruction}\n\n{input_text}"
 
 
 def prompt_from_row(row: Any, where: str) -> tuple[list[Message], str]:

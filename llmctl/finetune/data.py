@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmctl.answering import alpaca_prompt
 from llmctl.errors import UsageError
 from llmctl.jsonl import parse_jsonl, read_text
 
@@ -104,8 +105,7 @@ def _alpaca(row: dict, c: ColumnMap, where: str) -> list[Example]:
 
 
 def _alpaca_example(instruction: str, input_text: str, output: str, where: str) -> Example:
-    prompt = instruction if not input_text.strip() else f"{instruction}\n\n{input_text}"
-    return Example(messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": output}], source=where)
+    return Example(messages=[{"role": "user", "content": alpaca_prompt(instruction, input_text)}, {"role": "assistant", "content": output}], source=where)
 
 
 def _chat(row: dict, c: ColumnMap, where: str) -> list[Example]:
