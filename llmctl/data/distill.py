@@ -12,8 +12,8 @@ from typing import Any
 
 from llmctl.answering import Answer, PromptItem, answer_all, is_remote, load_prompts
 from llmctl.backends.base import GenerationRequest, Message, SamplingParams
-from llmctl.data.generate import Events, JsonlAppender, read_resumable
-from llmctl.errors import RemoteError, UsageError
+from llmctl.data.generate import Events, JsonlAppender, read_resumable, teacher_failed
+from llmctl.errors import UsageError
 
 FORMATS = ("chat", "alpaca")
 ROW_FIELDS = {"chat": {"messages": list}, "alpaca": {"instruction": str, "output": str}}
@@ -149,7 +149,7 @@ def distill(options: DistillOptions, config=None, events: Events | None = None) 
         for start in range(0, len(todo), size):
             _answer_slice(backend, distiller, todo[start:start + size])
             if report.failed == report.requests:
-                raise RemoteError(f"the teacher '{options.teacher}' failed on every request: {report.errors[0]}")
+                raise teacher_failed(options.teacher, backend, report.errors[0])
     finally:
         distiller.appender.close()
         backend.close()

@@ -18,7 +18,7 @@ from typing import Any
 from llmctl.answering import Answer, answer_all, is_remote
 from llmctl.backends.base import GenerationRequest, Message, SamplingParams
 from llmctl.data.similarity import NearDuplicateIndex
-from llmctl.errors import RemoteError, UsageError
+from llmctl.errors import LlmctlError, ModelError, RemoteError, UsageError
 from llmctl.jsonl import parse_jsonl, read_text
 
 PROMPT_VERSION = "self-instruct-v1"
@@ -339,7 +339,7 @@ class SelfInstruct:
             report.filtered.update(rejected)
             for task in tasks:
                 if report.kept >= report.wanted:
-                    report.filtered["surplus"] += 1  # a concurrent reply arrived after the target was met
+                    report.filtered["not_needed"] += 1  # the target was met by an earlier task or reply
                     continue
                 reason = rejection(task, self.options) or self._duplicate(task)
                 if reason:
@@ -406,6 +406,12 @@ def generate(options: GenerateOptions, config=None, events: Events | None = None
     return report
 
 
+def teacher_failed(teacher: str, backend, error: str) -> LlmctlError:
+    """The error when a teacher failed on every request so far: the server's problem, or the local model's."""
+    kind = RemoteError if is_remote(backend) else ModelError
+    return kind(f"the teacher '{teacher}' failed on every request: {error}")
+
+
 def _request_until_done(run: SelfInstruct, backend, max_requests: int) -> None:
     report, options = run.report, run.options
     # A local model answers one request at a time, so it gets one per wave and sees the newest rows sooner.
@@ -415,4 +421,4 @@ def _request_until_done(run: SelfInstruct, backend, max_requests: int) -> None:
         answer_all(backend, [p.request for p in wave], options.workers,
                    on_answer=lambda i, answer: run.take(wave[i], answer))
         if report.failed_requests == report.requests:
-            raise RemoteError(f"the teacher '{options.teacher}' failed on every request: {report.errors[0]}")
+            raise teacher_failed(options.teacher, backend, report.errors[0])
