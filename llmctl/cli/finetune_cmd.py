@@ -1,4 +1,5 @@
-"""`llmctl finetune`: LoRA fine-tuning; `llmctl finetune merge` folds an adapter into its base."""
+"""`llmctl finetune`: LoRA fine-tuning (supervised, DPO on preference pairs, or logit distillation);
+`llmctl finetune merge` folds an adapter into its base."""
 
 from __future__ import annotations
 
@@ -16,8 +17,14 @@ app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 @app.callback()
 def finetune(
     ctx: typer.Context,
-    data: Annotated[Optional[list[Path]], typer.Option("--data", "-d", help="JSON/JSONL/CSV/Parquet: Alpaca, chat (messages), prompt/completion or text. Repeatable.")] = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="Base model: registry name, hf:REPO, a directory, a pretrained GPT.")] = "smollm2",
+    data: Annotated[Optional[list[Path]], typer.Option("--data", "-d", help="JSON/JSONL/CSV/Parquet: Alpaca, chat (messages), prompt/completion or text; for dpo: prompt/chosen/rejected pairs. Repeatable.")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Base model: registry name, hf:REPO, a directory, a pretrained GPT; for dpo/distill also a registered adapter to train further.")] = "smollm2",
+    method: Annotated[str, typer.Option("--method", help="lora (supervised), dpo (preference pairs) or distill (a teacher's logits).")] = "lora",
+    beta: Annotated[float, typer.Option("--beta", help="dpo: strength of the pull toward the reference (higher: closer).")] = 0.1,
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="dpo: assumed share of flipped preferences (conservative DPO), in [0, 0.5).")] = 0.0,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", help="distill: the teacher, a local registry model sharing the student's tokenizer.")] = None,
+    distill_temperature: Annotated[float, typer.Option("--distill-temperature", help="distill: softmax temperature of the KL term (scaled by T²).")] = 2.0,
+    distill_alpha: Annotated[float, typer.Option("--distill-alpha", help="distill: loss = alpha·KL + (1 − alpha)·cross-entropy.")] = 0.5,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Adapter directory (also checkpoints and metrics).")] = Path("runs/lora"),
     format: Annotated[str, typer.Option("--format", help="auto, alpaca, chat, prompt-completion, text.")] = "auto",
     instruction_field: Annotated[str, typer.Option("--instruction-field")] = "instruction",
@@ -55,6 +62,10 @@ def finetune(
     """LoRA fine-tuning of a local model; the loss is on the response tokens only.
 
     Example: llmctl finetune --data examples/pirate.jsonl -m smollm2 --epochs 2 --out runs/pirate
+
+    DPO: llmctl finetune --method dpo --data prefs.jsonl -m pirate --out runs/pirate-dpo
+
+    Distillation: llmctl finetune --method distill --teacher big --data d.jsonl -m small --out runs/small-kd
     """
     if ctx.invoked_subcommand:
         return
@@ -71,6 +82,9 @@ def finetune(
                         text_field)
     target_list = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
     if dry_run:
+        if method == "dpo":
+            raise UsageError("--dry-run inspects fine-tuning examples, not preference pairs",
+                             hint="drop --dry-run; llmctl data inspect shows a preference file")
         _show_inspection(list(data), model, format, columns, max_length, batch_size, rank, target_list,
                          skip_bad_rows, json_out)
         return
@@ -82,17 +96,55 @@ def finetune(
                             targets=target_list,
                             epochs=epochs, max_length=max_length, eval_split=eval_split,
                             gradient_checkpointing=gradient_checkpointing, qlora=qlora, name=name, resume=resume,
-                            register=not no_register)
+                            register=not no_register, method=method, beta=beta, label_smoothing=label_smoothing,
+                            teacher=teacher, distill_temperature=distill_temperature, distill_alpha=distill_alpha)
     with TrainProgress() as progress:
-        summary = run_finetune(config, note=lambda text: err.print(f"[dim]{text}[/]"), on_progress=progress.update)
+        summary = run_finetune(config, note=lambda text: err.print(f"[dim]{text}[/]"),
+                               on_progress=_progress_for(method, progress))
     if json_out:
         print_json(summary)
         return
     err.print(f"[bold green]done[/]: {summary['steps']} steps in {summary['seconds']:.0f} s · validation loss "
               f"{summary['val_loss_before']} before → {summary['val_loss_after']} after")
+    if method != "lora":
+        _show_before_after(summary)
     if summary.get("name"):
         err.print(f"adapter registered as [bold]{summary['name']}[/] ({summary['output_dir']}); "
                   f"try: llmctl prompt -m {summary['name']} \"...\"")
+
+
+EVAL_LINES = {  # validation rows of DPO and distillation, which have no perplexity
+    "dpo": ("val DPO loss {val_loss:.4f} · reward margin {val_reward_margin:+.4f} · accuracy "
+            "{val_reward_accuracy:.0%} · chosen {val_chosen_reward:+.4f} / rejected {val_rejected_reward:+.4f}"),
+    "distill": "val loss {val_loss:.4f} · KL {val_kl:.4f} · CE {val_ce:.4f}",
+}
+
+
+def _progress_for(method: str, progress):
+    """The progress bar's update, with DPO's and distillation's own validation lines."""
+    if method not in EVAL_LINES:
+        return progress.update
+
+    def update(row: dict) -> None:
+        if "val_loss" not in row:
+            progress.update(row)
+            return
+        best = " (best)" if row.get("best") else ""
+        progress.progress.console.print(f"[bold]step {row['step']}[/] · " + EVAL_LINES[method].format(**row) + best)
+
+    return update
+
+
+def _show_before_after(summary: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="held-out validation", title_justify="left", show_edge=False, pad_edge=False)
+    for column in ("metric", "before", "after"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key in [k[:-len("_after")] for k in summary if k.endswith("_after")]:
+        before, after = summary.get(f"{key}_before"), summary[f"{key}_after"]
+        table.add_row(key.replace("_", " "), "-" if before is None else f"{before:.4f}", f"{after:.4f}")
+    err.print(table)
 
 
 @app.command("merge")

@@ -37,23 +37,28 @@ def encode(tokenizer, example: Example) -> Tokenized:
     return Tokenized(prompt_ids + response_ids, [IGNORE] * len(prompt_ids) + response_ids, example.source)
 
 
+def problem(item: Tokenized, max_length: int) -> UsageError | None:
+    """Why an encoded example cannot be trained on (too long, nothing to learn), or None."""
+    if len(item.ids) > max_length:
+        return UsageError(f"{item.source}: the example is {len(item.ids)} tokens, longer than the maximum "
+                          f"length {max_length}",
+                          hint="raise --max-length (up to the model's context) or pass --skip-bad-rows")
+    if all(label == IGNORE for label in item.labels[1:]):
+        return UsageError(f"{item.source}: nothing to learn (the response is empty after templating)",
+                          hint="fix the row or pass --skip-bad-rows")
+    return None
+
+
 def encode_all(tokenizer, examples: list[Example], max_length: int, skip_bad_rows: bool,
                skipped: list[str]) -> list[Tokenized]:
     out = []
     for example in examples:
         item = encode(tokenizer, example)
-        if len(item.ids) > max_length:
-            message = (f"{example.source}: the example is {len(item.ids)} tokens, longer than the maximum "
-                       f"length {max_length}")
+        error = problem(item, max_length)
+        if error is not None:
             if not skip_bad_rows:
-                raise UsageError(message, hint="raise --max-length (up to the model's context) or pass --skip-bad-rows")
-            skipped.append(message)
-            continue
-        if all(label == IGNORE for label in item.labels[1:]):
-            message = f"{example.source}: nothing to learn (the response is empty after templating)"
-            if not skip_bad_rows:
-                raise UsageError(message, hint="fix the row or pass --skip-bad-rows")
-            skipped.append(message)
+                raise error
+            skipped.append(error.message)
             continue
         out.append(item)
     return out

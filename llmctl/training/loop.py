@@ -82,6 +82,26 @@ class TrainTask(Protocol):
     def sample(self, model) -> str | None:
         """A short generation to show progress, or None."""
 
+    # A task whose objective is not next-token cross-entropy (DPO, distillation) may also define:
+    #   loss(model, batch) -> Tensor           the training loss of one micro-batch (default: lm_loss)
+    #   eval_keys: tuple[str, ...]             validation metric names, "val_loss" first
+    #   eval_sums(model, batch) -> dict        each eval_keys metric summed over the batch's items, and
+    #                                          "count": the number of items (the loop averages them)
+    #   train_metrics() -> dict[str, float]    extra numbers for the next progress row (e.g. DPO rewards)
+
+
+def task_loss(task, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    custom = getattr(task, "loss", None)
+    return custom(model, batch) if custom is not None else lm_loss(model, batch)
+
+
+def task_eval_sums(task, model, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    custom = getattr(task, "eval_sums", None)
+    if custom is not None:
+        return custom(model, batch)
+    rows = batch["input_ids"].size(0)
+    return {"val_loss": float(lm_loss(model, batch)) * rows, "count": rows}
+
 
 def lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over positions whose label is not -100 (labels are already shifted)."""
@@ -191,9 +211,10 @@ class Trainer:
                     now = time.perf_counter()
                     tps = window_tokens / max(1e-9, now - window_start)
                     window_start, window_tokens = now, 0
+                    extra = self.task.train_metrics() if hasattr(self.task, "train_metrics") else {}
                     self._emit({"step": s["step"], "loss": round(loss, 5), "lr": lr, "tokens": s["tokens"],
                                 "tokens_per_s": round(tps, 1), "elapsed": round(s["elapsed"], 2),
-                                "progress": self.progress(s["elapsed"])})
+                                "progress": self.progress(s["elapsed"]), **extra})
                 if s["step"] % c.eval_every == 0:
                     self.evaluate()
                 if s["step"] % c.save_every == 0:
@@ -221,7 +242,7 @@ class Trainer:
             sync = micro == c.grad_accum - 1
             context = acc.no_sync(self.model) if not sync and world > 1 else _null()
             with context, acc.autocast():
-                loss = lm_loss(self.model, batch) / c.grad_accum
+                loss = task_loss(self.task, self.model, batch) / c.grad_accum
             acc.backward(loss)
             total += loss.detach()
         mean = acc.reduce(total, reduction="mean") if world > 1 else total
@@ -239,18 +260,24 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
         acc = self.accelerator
-        totals = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss x rows, rows
+        # Every process sums the same keys in the same order (even with no batches) so they reduce.
+        keys = [*getattr(self.task, "eval_keys", ("val_loss",)), "count"]
+        totals = torch.zeros(len(keys), device=self.device, dtype=torch.float64)
         for batch in self.task.eval_batches(acc.process_index, acc.num_processes):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with acc.autocast():
-                rows = batch["input_ids"].size(0)
-                totals += torch.tensor([float(lm_loss(model, batch)) * rows, rows], device=self.device,
-                                       dtype=torch.float64)
+                sums = task_eval_sums(self.task, model, batch)
+            totals += torch.tensor([sums[k] for k in keys], device=self.device, dtype=torch.float64)
         if acc.num_processes > 1:
             totals = acc.reduce(totals, reduction="sum")
-        val_loss = float(totals[0] / totals[1].clamp(min=1))
-        row = {"step": self.state["step"], "val_loss": round(val_loss, 5),
-               "val_ppl": round(math.exp(min(val_loss, 50)), 3), **self.task.eval_extras(val_loss)}
+        means = {k: float(totals[i] / totals[-1].clamp(min=1)) for i, k in enumerate(keys[:-1])}
+        val_loss = means.pop("val_loss")
+        row = {"step": self.state["step"], "val_loss": round(val_loss, 5)}
+        if hasattr(self.task, "eval_sums"):  # not a cross-entropy: a perplexity would mean nothing
+            row.update({k: round(v, 5) for k, v in means.items()})
+        else:
+            row["val_ppl"] = round(math.exp(min(val_loss, 50)), 3)
+        row.update(self.task.eval_extras(val_loss))
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             sample = self.task.sample(model) if self.is_main else None
         model.train()
@@ -307,4 +334,4 @@ class _null:
         return False
 
 
-__all__ = ["TrainConfig", "Trainer", "TrainTask", "lm_loss", "find_checkpoint"]
+__all__ = ["TrainConfig", "Trainer", "TrainTask", "lm_loss", "task_loss", "find_checkpoint"]

@@ -1,0 +1,114 @@
+"""Logit distillation: the student learns the teacher's whole next-token distribution on the response
+tokens (KL(teacher ‖ student) at a temperature, as Hinton et al. 2015), mixed with ordinary cross-entropy.
+
+Both models read the same packed token ids, so they must share a tokenizer; for models that do not,
+distil through text instead (`llmctl data distill`, then fine-tune on its file).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from llmctl.errors import UsageError
+from llmctl.finetune.run import FinetuneTask
+from llmctl.finetune.tokenize import IGNORE, Tokenized
+from llmctl.training.loop import TrainConfig
+
+SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog. 1234567890 ¿Qué? def f(x): return x ** 2\n"
+SAMPLED_IDS = 64  # ids compared one by one, spread over the whole vocabulary
+
+
+def check_shared_tokenizer(student_tokenizer, teacher_tokenizer, student: str, teacher: str) -> None:
+    """Same vocabulary size, the same token behind a spread of ids, the same ids for a sample text."""
+    hint = ("logit distillation compares the two models token by token; for models with different "
+            "tokenizers distil through text: llmctl data distill (the teacher answers prompts), then "
+            "llmctl finetune on its file")
+    sizes = len(student_tokenizer), len(teacher_tokenizer)
+    if sizes[0] != sizes[1]:
+        raise UsageError(f"the teacher '{teacher}' and the student '{student}' must share a tokenizer: their "
+                         f"vocabularies have {sizes[1]} and {sizes[0]} tokens", hint=hint)
+    step = max(1, sizes[0] // SAMPLED_IDS)
+    for token_id in range(0, sizes[0], step):
+        ours, theirs = (t.convert_ids_to_tokens(token_id) for t in (student_tokenizer, teacher_tokenizer))
+        if ours != theirs:
+            raise UsageError(f"the teacher '{teacher}' and the student '{student}' must share a tokenizer: token "
+                             f"id {token_id} is {theirs!r} for the teacher but {ours!r} for the student", hint=hint)
+    encoded = [t(SAMPLE_TEXT, add_special_tokens=False)["input_ids"] for t in (student_tokenizer, teacher_tokenizer)]
+    if encoded[0] != encoded[1]:
+        raise UsageError(f"the teacher '{teacher}' and the student '{student}' must share a tokenizer: they split "
+                         "the same text into different tokens", hint=hint)
+
+
+def check_distill_settings(temperature: float, alpha: float) -> None:
+    if not temperature > 0:
+        raise UsageError(f"--distill-temperature must be positive, got {temperature}")
+    if not 0 <= alpha <= 1:
+        raise UsageError(f"--distill-alpha must be between 0 and 1, got {alpha}",
+                         hint="loss = alpha·KL + (1 − alpha)·cross-entropy")
+
+
+class DistillTerms(NamedTuple):
+    kl: torch.Tensor  # per response token, KL(teacher ‖ student) at temperature T, times T²
+    ce: torch.Tensor  # per response token, the student's cross-entropy on the data
+
+
+def distill_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                  temperature: float) -> DistillTerms:
+    learned = labels != IGNORE
+    # A model may pad its embedding past the tokenizer; ids beyond the shared part never occur in data.
+    width = min(student_logits.size(-1), teacher_logits.size(-1))
+    student = student_logits[learned][:, :width].float()
+    teacher = teacher_logits[learned][:, :width].float()
+    log_s = F.log_softmax(student / temperature, dim=-1)
+    log_t = F.log_softmax(teacher / temperature, dim=-1)
+    # T² keeps the gradient's size independent of T (Hinton et al.)
+    kl = (log_t.exp() * (log_t - log_s)).sum(-1) * temperature ** 2
+    ce = F.cross_entropy(student, labels[learned], reduction="none")
+    return DistillTerms(kl, ce)
+
+
+def _forward(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                 position_ids=batch.get("position_ids")).logits
+
+
+class DistillTask(FinetuneTask):
+    """FinetuneTask's data and batches; the loss is α·KL(teacher ‖ student) + (1 − α)·CE per token."""
+
+    eval_keys = ("val_loss", "val_kl", "val_ce")
+
+    def __init__(self, train: list[Tokenized], val: list[Tokenized], cfg: TrainConfig, teacher,
+                 temperature: float = 2.0, alpha: float = 0.5):
+        super().__init__(train, val, cfg)
+        self.teacher, self.temperature, self.alpha = teacher.eval().requires_grad_(False), temperature, alpha
+        self._window = {"kl": 0.0, "ce": 0.0, "tokens": 0}
+
+    def _terms(self, model, batch: dict[str, torch.Tensor]) -> DistillTerms:
+        device = batch["input_ids"].device
+        if next(self.teacher.parameters()).device != device:  # follows the student wherever the loop put it
+            self.teacher.to(device)
+        with torch.no_grad():
+            teacher_logits = _forward(self.teacher, batch)
+        return distill_terms(_forward(model, batch), teacher_logits, batch["labels"], self.temperature)
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        terms = self._terms(model, batch)
+        self._window["kl"] += float(terms.kl.detach().sum())
+        self._window["ce"] += float(terms.ce.detach().sum())
+        self._window["tokens"] += terms.kl.numel()
+        return self.alpha * terms.kl.mean() + (1 - self.alpha) * terms.ce.mean()
+
+    def eval_sums(self, model, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        terms = self._terms(model, batch)
+        kl, ce = float(terms.kl.sum()), float(terms.ce.sum())
+        return {"val_loss": self.alpha * kl + (1 - self.alpha) * ce, "val_kl": kl, "val_ce": ce,
+                "count": terms.kl.numel()}
+
+    def train_metrics(self) -> dict[str, float]:
+        """KL and cross-entropy per token on the training data since the last progress row."""
+        window, self._window = self._window, {"kl": 0.0, "ce": 0.0, "tokens": 0}
+        tokens = window.pop("tokens")
+        return {k: round(v / tokens, 5) for k, v in window.items()} if tokens else {}
