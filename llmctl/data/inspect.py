@@ -86,7 +86,7 @@ def _check_preference(row: dict) -> list[str]:
             problems += _messages(value, key, None)
         else:
             problems += _text_field(row, key)
-    if not problems and _flat(row.get("chosen")).strip() == _flat(row.get("rejected")).strip():
+    if not problems and _flat(row.get("chosen")).split() == _flat(row.get("rejected")).split():
         problems.append("'chosen' and 'rejected' are the same")
     return problems
 
@@ -286,7 +286,9 @@ def inspect_file(path: Path, model_ref: str | None = None, examples: int = 3, ma
         tokenizer = load_tokenizer(model_ref, config) if model_ref else None
         doc["fields"] = length_stats(good, fmt, tokenizer)
         doc["duplicates"] = duplicates(good, fmt, max_similarity)
-        doc["examples"] = [{"line": n, "fields": {k: "\n".join(v) for k, v in fields_of(r, fmt).items()}}
-                           for n, r in good[:examples]]
+        flawed = {p["line"] for p in problems}
+        shown = [(n, r) for n, r in good if n not in flawed][:examples]  # rows that show the format as meant
+        doc["examples"] = [{"line": n, "fields": {k: "\n".join(v) for k, v in fields_of(r, fmt).items() if v}}
+                           for n, r in shown]
     doc["problems"] = sorted(problems, key=lambda p: (p["line"] or 0))
     return doc
