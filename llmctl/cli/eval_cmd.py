@@ -101,13 +101,15 @@ class StageProgress:
         self.tasks: dict[str, int] = {}
 
     def __enter__(self) -> "StageProgress":
-        self.progress.start()
-        return self
+        return self  # started on the first update: an early error prints no empty display
 
     def __exit__(self, *exc) -> None:
-        self.progress.stop()
+        if self.tasks:
+            self.progress.stop()
 
     def update(self, stage: str, done: int, total: int) -> None:
+        if not self.tasks:
+            self.progress.start()
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(stage, total=total)
         self.progress.update(self.tasks[stage], completed=done, total=total)
@@ -178,7 +180,7 @@ def render_run(run, with_rows: bool) -> None:
     models = ", ".join(s.get("models") or []) or "-"
     out.print(f"[bold]{escape(run.id)}[/] · {s.get('kind')} · models {escape(models)} · judge "
               f"{escape(str(s.get('judge') or '-'))} · {s.get('judge_prompt_version', '-')} · {s.get('status', '?')}")
-    if s.get("scores"):
+    if s.get("scores") and s.get("judge") != "human":
         out.print(scores_table(s["scores"], f"judge {s.get('judge')}"))
     if s.get("results"):
         out.print(wins_table(s["results"], f"judge {s.get('judge')} (both orders must agree for a win)"))
@@ -317,9 +319,10 @@ def list_runs(json_out: JsonOpt = False) -> None:
         err.print("no saved eval runs yet (llmctl eval judge / eval compare save one)")
         return
     table = Table(show_edge=False, pad_edge=False)
-    for column in ("run", "kind", "models", "judge", "status", "created"):
+    table.add_column("run", no_wrap=True)
+    for column in ("kind", "models", "judge", "status", "created"):
         table.add_column(column, overflow="fold")
     for r in runs:
         table.add_row(r["id"], r["kind"], escape(", ".join(r["models"])), escape(str(r["judge"] or "-")), r["status"],
-                      r["created"] or "-")
+                      (r["created"] or "-").replace("+00:00", "Z"))
     out.print(table)

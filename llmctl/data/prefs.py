@@ -44,7 +44,7 @@ def pairs_from_judge_runs(runs: list[Run], source: str, min_margin: float, count
         for row in run.rows:
             scores, by = row_scores(run, row, source)
             mean = mean_score(scores)
-            if row.get("answer") is None or mean is None:
+            if not (row.get("answer") or "").strip() or mean is None:  # DPO training refuses empty answers
                 counts["failures_skipped"] += 1
                 continue
             key = json.dumps(row.get("messages") or row["prompt"], sort_keys=True)
@@ -56,7 +56,7 @@ def pairs_from_judge_runs(runs: list[Run], source: str, min_margin: float, count
         for x, y in combinations(group, 2):
             better, worse = (x, y) if x["mean"] >= y["mean"] else (y, x)
             margin = better["mean"] - worse["mean"]
-            if margin == 0 or better["row"]["answer"] == worse["row"]["answer"]:
+            if margin == 0 or better["row"]["answer"].strip() == worse["row"]["answer"].strip():
                 counts["ties_skipped"] += 1
             elif margin < min_margin:
                 counts["below_margin_skipped"] += 1
@@ -93,11 +93,17 @@ def pairs_from_compare_run(run: Run, source: str, counts: Counter) -> list[dict]
                 counts["ties_skipped"] += 1
                 continue
             loser = verdict["b"] if winner == verdict["a"] else verdict["a"]
+            chosen, rejected = (row["answers"].get(m) or "" for m in (winner, loser))
+            if not chosen.strip() or not rejected.strip():
+                counts["failures_skipped"] += 1
+                continue
+            if chosen.strip() == rejected.strip():  # the same text: nothing to prefer
+                counts["ties_skipped"] += 1
+                continue
             source_doc = {"kind": "compare", "runs": [run.id], "prompt_id": row.get("id"), "chosen_model": winner,
                           "rejected_model": loser, "judge": "human" if by == "human" else run.summary.get("judge"),
                           "judge_prompt_version": None if by == "human" else run.summary.get("judge_prompt_version")}
-            pairs.append({**prompt_fields(row), "chosen": row["answers"][winner], "rejected": row["answers"][loser],
-                          "source": source_doc})
+            pairs.append({**prompt_fields(row), "chosen": chosen, "rejected": rejected, "source": source_doc})
     return pairs
 
 
@@ -110,7 +116,7 @@ def build_prefs(run_refs: list[str], out: Path, min_margin: float = 0.0, source:
         raise UsageError("--min-margin must be 0 or more")
     if not run_refs:
         raise UsageError("no runs given", hint="llmctl data prefs RUN [RUN ...] --out prefs.jsonl (see llmctl eval list)")
-    runs = [load_run(ref) for ref in run_refs]
+    runs = list({run.id: run for run in map(load_run, run_refs)}.values())  # a run named twice counts once
     counts: Counter = Counter()
     judge_runs = [r for r in runs if r.kind == "judge"]
     pairs = pairs_from_judge_runs(judge_runs, source, min_margin, counts) if judge_runs else []

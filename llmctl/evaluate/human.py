@@ -15,7 +15,7 @@ from llmctl.evaluate.compare import tally
 from llmctl.evaluate.runs import Run, save_rows, save_summary, summarize_scores
 
 Reader = Callable[[], str]
-Shower = Callable[[Any], None]
+Shower = Callable[..., None]  # rich Console.print-like: a renderable, and end=
 
 
 class Quit(Exception):
@@ -24,7 +24,7 @@ class Quit(Exception):
 
 def ask(read: Reader, show: Shower, question: str, valid: Callable[[str], bool]) -> str:
     while True:
-        show(f"[bold]{question}[/]")
+        show(f"[bold]{question}[/]", end=" ")
         line = read()
         if line == "":  # end of input: as good as q
             raise Quit
@@ -99,6 +99,7 @@ def judge_by_hand(run: Run, read: Reader | None = None, show: Shower | None = No
         score_answers(run, read, show) if run.kind == "judge" else choose_better(run, read, show, seed)
     except Quit:
         stopped = True
+        show("[dim]stopped: everything scored so far is saved; `llmctl eval show RUN --human` goes on[/]")
     if run.kind == "judge":
         names = [c["name"] for c in run.summary.get("rubric", [])]
         run.summary["human"] = summarize_scores(run.rows, names, "human_scores")

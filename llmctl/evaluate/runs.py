@@ -128,7 +128,7 @@ def list_runs() -> list[dict[str, Any]]:
     """One line of facts per saved run under LLMCTL_HOME/evals, newest first."""
     runs = []
     root = evals_dir()
-    for directory in sorted(root.iterdir(), reverse=True) if root.is_dir() else []:
+    for directory in root.iterdir() if root.is_dir() else []:
         if not (directory / RESULTS).is_file():
             continue
         try:
@@ -138,7 +138,7 @@ def list_runs() -> list[dict[str, Any]]:
         runs.append({"id": directory.name, "kind": summary.get("kind", "?"), "models": summary.get("models", []),
                      "judge": summary.get("judge"), "status": summary.get("status", "?"),
                      "created": summary.get("created"), "path": str(directory)})
-    return runs
+    return sorted(runs, key=lambda r: r["created"] or "", reverse=True)
 
 
 def summarize_scores(rows: list[dict], names: list[str], field_name: str = "scores") -> dict[str, dict]:
