@@ -24,7 +24,7 @@ from llmctl.jsonl import parse_jsonl, read_text
 PROMPT_VERSION = "self-instruct-v1"
 # Tasks a text-only model cannot do (Alpaca dropped instructions with these words, for the same reason).
 UNSUITABLE = re.compile(r"\b(images?|pictures?|photos?|graphs?|charts?|diagrams?|flowcharts?|maps?|files?|"
-                        r"draw|drawing|plot|video|audio|music|sound|go to|click|browse)\b", re.IGNORECASE)
+                        r"draw|drawing|plot|video|audio|music|go to|click|browse)\b", re.IGNORECASE)
 
 PROMPT = """You are helping to build a varied set of tasks for teaching an AI assistant to follow instructions.
 Come up with {count} new tasks. Requirements:
