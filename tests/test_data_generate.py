@@ -108,6 +108,17 @@ def test_parse_tasks_labels_json_and_truncation():
     assert parse_tasks("random words and no structure at all") == ([], {"unparsable": 1})
 
 
+def test_appended_rows_survive_line_separators_inside_strings(tmp_path):
+    from llmctl.data.generate import JsonlAppender, read_resumable
+
+    row = {"instruction": "Keep\u2028these\u2029apart\x85please.", "input": "", "output": "ok"}
+    appender = JsonlAppender(tmp_path / "rows.jsonl")
+    appender.write(row)
+    appender.close()
+    assert read_resumable(tmp_path / "rows.jsonl", print, {"instruction": str}) == [row]
+    assert load_examples([tmp_path / "rows.jsonl"])[0][0].messages[0]["content"] == row["instruction"]
+
+
 def test_generate_filters_resumes_and_repairs_a_torn_line(capsys, monkeypatch, fake_openai, tmp_path):
     fake_openai.responder = lambda body: scripted_reply(len(fake_openai.requests) - 1)
     register_teacher(capsys, monkeypatch, fake_openai.url)

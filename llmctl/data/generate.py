@@ -110,7 +110,10 @@ class JsonlAppender:
         self.file = open(path, "a", encoding="utf-8")
 
     def write(self, row: dict) -> None:
-        self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        line = json.dumps(row, ensure_ascii=False)
+        # JSON leaves these unescaped, but str.splitlines() (every JSONL reader here) ends a line at them.
+        line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085")
+        self.file.write(line + "\n")
         self.file.flush()
         os.fsync(self.file.fileno())
 

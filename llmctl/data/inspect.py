@@ -209,8 +209,8 @@ def row_problems(rows: list[tuple[int, Any]], fmt: str) -> list[dict[str, Any]]:
 
 
 def describe(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "mean": round(statistics.fmean(values), 1), "median": statistics.median(values),
-            "max": max(values)}
+    return {"min": min(values), "mean": round(statistics.fmean(values), 1),
+            "median": round(float(statistics.median(values)), 1), "max": max(values)}
 
 
 def length_stats(rows: list[tuple[int, dict]], fmt: str, tokenizer=None) -> dict[str, dict[str, Any]]:
