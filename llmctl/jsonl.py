@@ -24,7 +24,8 @@ def read_text(path: Path, missing: str) -> str:
 def parse_jsonl(path: Path, text: str, hint: str | None = None) -> list[tuple[int, Any]]:
     """(line number, value) for every non-blank line; a bad line is an error naming file and line."""
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # Split on "\n" only: str.splitlines() also breaks at U+2028/U+2029/NEL, which JSON strings may hold.
+    for number, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
                 rows.append((number, json.loads(line)))

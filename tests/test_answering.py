@@ -47,3 +47,10 @@ def test_answer_all_keeps_order_and_records_failures(fake_openai):
     failed = [a for a in answers if a.text is None]
     assert len(failed) == 1 and "400" in failed[0].error
     assert all(a.text == f"Echo: q{i}" for i, a in enumerate(answers) if a.text is not None)
+
+
+def test_jsonl_rows_may_hold_unicode_line_separators(tmp_path):
+    from llmctl.jsonl import parse_jsonl
+
+    text = '{"prompt": "a\u2028b"}\r\n{"prompt": "c\u0085d"}\n'
+    assert [row["prompt"] for _, row in parse_jsonl(tmp_path / "x.jsonl", text)] == ["a\u2028b", "c\u0085d"]

@@ -79,7 +79,8 @@ def test_version_and_help():
     assert done.stdout.startswith("llmctl ")
 
 
-@pytest.mark.parametrize("args", [["--help"], ["models", "list"], ["config", "show"], ["logs"], ["prompt", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["models", "list"], ["config", "show"], ["logs"], ["prompt", "--help"],
+                                  ["data", "--help"], ["eval", "--help"], ["serve", "--help"]])
 def test_commands_without_a_model_import_no_heavy_library(args):
     code = ("import sys\nfrom llmctl.cli.main import run\ntry:\n    run(%r)\nexcept SystemExit:\n    pass\n"
             "print([m for m in ('torch', 'transformers', 'openai') if m in sys.modules], file=sys.stderr)" % args)
