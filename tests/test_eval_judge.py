@@ -44,7 +44,9 @@ def test_parse_each_reply_style():
     lines = parse_judgment("**Grammar**: 9/10 - clean prose\n2. Creativity: 3.5, a generic plot", GRAMMAR_CREATIVITY)
     assert lines == {"grammar": {"score": 9, "reason": "clean prose"},
                      "creativity": {"score": 3.5, "reason": "a generic plot"}}
-    for reply, problem in [("grammar: 7 - good", "no score for creativity"), ("lovely story!", "no scores found"),
+    lone = parse_judgment('```json\n{"score": 6, "reason": "fine"}\n```', select_criteria("grammar"))
+    assert lone == {"grammar": {"score": 6, "reason": "fine"}}  # one criterion: a bare score is unambiguous
+    for reply, problem in [('{"score": 6}', "no scores found"), ("grammar: 7 - good", "no score for creativity"), ("lovely story!", "no scores found"),
                            ('{"grammar": 11, "creativity": 2}', "not between 1 and 10"),
                            ('{"grammar": "great", "creativity": 2}', "not a number")]:
         with pytest.raises(JudgmentError, match=problem):
@@ -90,6 +92,9 @@ def test_exact_figures_and_saved_run(capsys, monkeypatch, tmp_path, fake_openai)
     shown = llmctl(capsys, monkeypatch, "eval", "show", str(tmp_path / "run"))
     assert shown.code == 0 and "2.94" in shown.out and "three" in shown.out
     assert llmctl(capsys, monkeypatch, "eval", "show", str(tmp_path / "run"), "--json").json()["rows"][0]["prompt"] == "p0"
+    with open(tmp_path / "run" / "results.jsonl", "a") as f:
+        f.write('{"index": 3, "prompt": "cut sho')  # a run killed while writing a row
+    assert len(llmctl(capsys, monkeypatch, "eval", "show", str(tmp_path / "run"), "--json").json()["rows"]) == 3
 
 
 def test_malformed_then_good_is_retried_with_the_error(capsys, monkeypatch, tmp_path, fake_openai):
@@ -191,10 +196,12 @@ def test_bad_inputs_are_one_line_errors(capsys, monkeypatch, tmp_path, fake_open
         (("-p", str(prompts), "-m", "judge"), 2, "--judge MODEL, or --human"),
         (("--judge", "judge", "-p", str(prompts)), 2, "no answers to judge"),
         (("--judge", "judge", "-p", str(prompts), "-m", "judge", "--samples", "2"), 2, "needs --temperature"),
+        (("--judge", "openai:gpt-4o-mini", "-p", str(prompts), "-m", "judge"), 4, "no OpenAI API key"),
     ]
     for args, code, message in cases:
         r = llmctl(capsys, monkeypatch, "eval", "judge", *args)
         assert (r.code, message in r.err, r.err.count("\n")) == (code, True, 1), (args, r.err)
+    assert not fake_openai.requests  # every problem, a judge without a key included, was found before answering
     r = llmctl(capsys, monkeypatch, "eval", "show", "no-such-run")
     assert r.code == 2 and "llmctl eval list" in r.err
 

@@ -10,7 +10,7 @@ from itertools import combinations
 from typing import Any, Callable
 
 from llmctl.answering import PromptItem
-from llmctl.errors import LlmctlError, UsageError
+from llmctl.errors import UsageError
 from llmctl.evaluate.judge import (Ask, AnswerSettings, JudgeSettings, JudgmentError, Outcome, Progress,
                                    ask_until_parsed, generate_answers, json_in_reply, request_text, row_messages)
 
@@ -150,38 +150,31 @@ def judge_pairs(backend, rows: list[dict], models: list[str], settings: JudgeSet
 def run_compare(items: list[PromptItem], models: list[str], judge_ref: str | None, settings: JudgeSettings,
                 answering: AnswerSettings, config, save_dir=None, on_progress: Progress | None = None):
     """`llmctl eval compare`: every model answers every prompt; with a judge, pairwise verdicts and win rates."""
-    from llmctl.evaluate.runs import Run, RunWriter, now_iso
-    from llmctl.prompting import open_backend, resolve_entry
+    from llmctl.evaluate.runs import Run, record_run, run_settings
+    from llmctl.prompting import resolve_entry
 
     if len(models) < 2 or len(set(models)) != len(models):
         raise UsageError("eval compare needs at least two different models", hint="-m A -m B")
-    entries = [resolve_entry(m) for m in models]  # an unknown model fails before any work
+    for model in models:  # an unknown model fails before any work
+        resolve_entry(model)
     judge_entry = resolve_entry(judge_ref) if judge_ref else None
-    writer = RunWriter("compare", save_dir)
-    summary: dict[str, Any] = {
-        "kind": "compare", "status": "running", "models": models, "judge": judge_ref,
-        "rubric": [c.to_dict() for c in settings.criteria], "judge_prompt_version": PAIRWISE_PROMPT_VERSION,
-        "created": now_iso(), "prompts": len(items),
-        "settings": {"answers": vars(answering), "judge": {k: v for k, v in vars(settings).items() if k != "criteria"}}}
-    writer.write_summary(summary)
-    try:
-        answers = {m: generate_answers(m, items, replace(answering, samples=1), config, on_progress)
-                   for m, _ in zip(models, entries)}
+
+    def work(writer, judge_backend) -> list[dict]:
+        answers = {m: generate_answers(m, items, replace(answering, samples=1), config, on_progress) for m in models}
         rows = compare_rows(items, answers, answering.system)
         if judge_entry is None:
             for row in rows:
                 writer.append(row)
         else:
-            backend = open_backend(judge_entry, config)
-            try:
-                judge_pairs(backend, rows, models, settings, writer.append, on_progress)
-            finally:
-                backend.close()
-    except LlmctlError as e:
-        writer.write_summary({**summary, "status": "failed", "error": str(e), "finished": now_iso()})
-        raise
-    summary.update(status="complete", finished=now_iso())
+            judge_pairs(judge_backend(), rows, models, settings, writer.append, on_progress)
+        return rows
+
+    summary: dict[str, Any] = {
+        "models": models, "judge": judge_ref, "rubric": [c.to_dict() for c in settings.criteria],
+        "judge_prompt_version": PAIRWISE_PROMPT_VERSION, "prompts": len(items),
+        "settings": run_settings(settings, answering)}
+    writer, rows = record_run("compare", summary, save_dir, judge_entry, config, work)
     if judge_entry is not None:
         summary["results"] = tally(rows, models)
-    writer.write_summary(summary)
+        writer.write_summary(summary)
     return Run(writer.directory, {"id": writer.id, **summary}, rows)

@@ -103,7 +103,10 @@ def checked_score(name: str, value: Any) -> int | float:
 
 
 def scores_from_json(doc: dict, names: list[str]) -> dict[str, dict[str, Any]]:
-    """{name: {score, reason}}, {name: score}, or {"scores": {...}, "reasons": {...}}."""
+    """{name: {score, reason}}, {name: score}, {"scores": {...}, "reasons": {...}}, or with one criterion
+    a bare {"score": 7, "reason": "..."}."""
+    if len(names) == 1 and "score" in doc and normal_name(names[0]) not in map(normal_name, doc):
+        doc = {names[0]: doc}
     scores = doc.get("scores") if isinstance(doc.get("scores"), dict) else doc
     reasons = doc.get("reasons") if isinstance(doc.get("reasons"), dict) else {}
     by_normal = {normal_name(k): k for k in scores}
@@ -356,40 +359,33 @@ def run_judge(items: list[PromptItem], model_ref: str | None, judge_ref: str | N
               answering: AnswerSettings, config, save_dir=None, on_progress: Progress | None = None):
     """`llmctl eval judge`: answer (or take the given answers), judge, save the run; judge_ref None leaves the
     scoring to a person (`--human`)."""
-    from llmctl.evaluate.runs import Run, RunWriter, now_iso, summarize_scores
-    from llmctl.prompting import open_backend, resolve_entry
+    from llmctl.evaluate.runs import Run, record_run, run_settings, summarize_scores
+    from llmctl.prompting import resolve_entry
 
     if not model_ref and not all(isinstance(i.extra.get("response"), str) for i in items):
         raise UsageError("no answers to judge", hint="give -m MODEL to answer the prompts, or --answers FILE with "
                                                      "a 'response' in every row")
     if answering.samples > 1 and answering.temperature == 0:
         raise UsageError("--samples above 1 needs --temperature above 0 (greedy answers would all be the same)")
-    judge_entry = resolve_entry(judge_ref) if judge_ref else None  # an unknown judge fails before any work
+    judge_entry = resolve_entry(judge_ref) if judge_ref else None  # an unknown model fails before any work
     if model_ref:
         resolve_entry(model_ref)
-    writer = RunWriter("judge", save_dir)
-    summary: dict[str, Any] = {
-        "kind": "judge", "status": "running", "models": [model_ref] if model_ref else [],
-        "judge": judge_ref or "human", "rubric": [c.to_dict() for c in settings.criteria],
-        "judge_prompt_version": JUDGE_PROMPT_VERSION, "created": now_iso(), "prompts": len(items),
-        "settings": {"answers": vars(answering), "judge": {k: v for k, v in vars(settings).items() if k != "criteria"}}}
-    writer.write_summary(summary)
-    try:
+
+    def work(writer, judge_backend) -> list[dict]:
         rows = answer_rows(items, model_ref, answering, config, on_progress)
         if judge_entry is None:
             for row in rows:
                 writer.append(row)
         else:
-            backend = open_backend(judge_entry, config)
-            try:
-                judge_rows(backend, rows, settings, writer.append, on_progress)
-            finally:
-                backend.close()
-    except LlmctlError as e:
-        writer.write_summary({**summary, "status": "failed", "error": str(e), "finished": now_iso()})
-        raise
-    summary.update(status="complete", finished=now_iso(), answers=len(rows),
-                   models=summary["models"] or sorted({r["model"] for r in rows}),
+            judge_rows(judge_backend(), rows, settings, writer.append, on_progress)
+        return rows
+
+    summary: dict[str, Any] = {
+        "models": [model_ref] if model_ref else [], "judge": judge_ref or "human",
+        "rubric": [c.to_dict() for c in settings.criteria], "judge_prompt_version": JUDGE_PROMPT_VERSION,
+        "prompts": len(items), "settings": run_settings(settings, answering)}
+    writer, rows = record_run("judge", summary, save_dir, judge_entry, config, work)
+    summary.update(answers=len(rows), models=summary["models"] or sorted({r["model"] for r in rows}),
                    scores=summarize_scores(rows, [c.name for c in settings.criteria]))
     writer.write_summary(summary)
     return Run(writer.directory, {"id": writer.id, **summary}, sorted(rows, key=lambda r: (r["index"], r["sample"])))

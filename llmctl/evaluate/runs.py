@@ -10,9 +10,9 @@ import statistics
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from llmctl.errors import UsageError
+from llmctl.errors import LlmctlError, UsageError
 from llmctl.fsutil import atomic_write_json, atomic_write_text
 from llmctl.paths import llmctl_home
 
@@ -72,6 +72,40 @@ class RunWriter:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.directory / SUMMARY, {"id": self.id, **summary})
+
+
+def run_settings(settings: Any, answering: Any) -> dict[str, Any]:
+    """The judge and answer settings as saved in a summary (the criteria are saved as the rubric)."""
+    return {"answers": vars(answering), "judge": {k: v for k, v in vars(settings).items() if k != "criteria"}}
+
+
+def record_run(kind: str, summary: dict[str, Any], save_dir, judge_entry, config,
+               work: Callable[["RunWriter", Callable[[], Any]], list[dict]]):
+    """Create the run, do `work(writer, judge_backend)`, and mark the run failed if it stops on an error.
+    A remote judge is opened first, so a missing key fails before any answer is generated; a local one
+    is loaded only when asked for, after the answering models are closed, so two never share memory."""
+    from llmctl.prompting import open_backend
+
+    opened = [open_backend(judge_entry, config) if judge_entry and judge_entry.provider == "openai" else None]
+
+    def judge_backend():
+        opened[0] = opened[0] or open_backend(judge_entry, config)
+        return opened[0]
+
+    try:
+        writer = RunWriter(kind, save_dir)
+        summary.update(kind=kind, status="running", created=now_iso())
+        writer.write_summary(summary)
+        try:
+            rows = work(writer, judge_backend)
+        except LlmctlError as e:
+            writer.write_summary({**summary, "status": "failed", "error": str(e), "finished": now_iso()})
+            raise
+    finally:
+        if opened[0] is not None:
+            opened[0].close()
+    summary.update(status="complete", finished=now_iso())
+    return writer, rows
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
