@@ -207,7 +207,7 @@ def test_bad_inputs_are_one_line_errors(capsys, monkeypatch, tmp_path, fake_open
 
 
 def test_human_scores_then_resume(capsys, monkeypatch, tmp_path):
-    answers = write_jsonl(tmp_path / "a.jsonl", [{"prompt": f"p{i}", "response": f"answer {i}"} for i in range(3)])
+    answers = write_jsonl(tmp_path / "a.jsonl", [{"prompt": f"p{i}", "response": f"answer {i}\u2028more"} for i in range(3)])
     r = llmctl(capsys, monkeypatch, "eval", "judge", "--human", "--answers", str(answers), "--rubric",
                "grammar,creativity", "--save", str(tmp_path / "run"), "--json", stdin="7\n8\n11\n\nq\n")
     assert r.code == 0, r.err

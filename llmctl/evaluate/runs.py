@@ -110,7 +110,8 @@ def record_run(kind: str, summary: dict[str, Any], save_dir, judge_entry, config
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows in prompt order; a last line cut short by a kill is ignored, any other bad line is an error."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    # Split on "\n" only: splitlines() would also cut at U+2028/U+2029 inside an answer's JSON string.
+    lines = path.read_text(encoding="utf-8").rstrip("\n").split("\n")
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
