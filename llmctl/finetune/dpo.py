@@ -167,7 +167,11 @@ def add_reference_logps(model, pairs: list[PreferencePair], batch_size: int, dev
     """Store log π_ref of every response, with the weights as they are now (before any step): exact,
     and the reference model never needs to be kept or run again."""
     was_training = model.training
-    model.to(device).eval()
+    if getattr(model, "is_loaded_in_4bit", False):  # QLoRA: 4-bit weights are placed at load and cannot move
+        device = next(model.parameters()).device
+    else:
+        model.to(device)
+    model.eval()
     for start in range(0, len(pairs), batch_size):
         group = pairs[start:start + batch_size]
         batch = {k: v.to(device) for k, v in pack_pairs(group).items()}
