@@ -100,7 +100,7 @@ def finetune(
                             teacher=teacher, distill_temperature=distill_temperature, distill_alpha=distill_alpha)
     with TrainProgress() as progress:
         summary = run_finetune(config, note=lambda text: err.print(f"[dim]{text}[/]"),
-                               on_progress=_progress_for(method, progress))
+                               on_progress=progress.update)
     if json_out:
         print_json(summary)
         return
@@ -111,28 +111,6 @@ def finetune(
     if summary.get("name"):
         err.print(f"adapter registered as [bold]{summary['name']}[/] ({summary['output_dir']}); "
                   f"try: llmctl prompt -m {summary['name']} \"...\"")
-
-
-EVAL_LINES = {  # validation rows of DPO and distillation, which have no perplexity
-    "dpo": ("val DPO loss {val_loss:.4f} · reward margin {val_reward_margin:+.4f} · accuracy "
-            "{val_reward_accuracy:.0%} · chosen {val_chosen_reward:+.4f} / rejected {val_rejected_reward:+.4f}"),
-    "distill": "val loss {val_loss:.4f} · KL {val_kl:.4f} · CE {val_ce:.4f}",
-}
-
-
-def _progress_for(method: str, progress):
-    """The progress bar's update, with DPO's and distillation's own validation lines."""
-    if method not in EVAL_LINES:
-        return progress.update
-
-    def update(row: dict) -> None:
-        if "val_loss" not in row:
-            progress.update(row)
-            return
-        best = " (best)" if row.get("best") else ""
-        progress.progress.console.print(f"[bold]step {row['step']}[/] · " + EVAL_LINES[method].format(**row) + best)
-
-    return update
 
 
 def _show_before_after(summary: dict) -> None:

@@ -9,6 +9,16 @@ from llmctl.cli.output import err
 SCALE = 10_000  # the bar tracks the run's progress fraction (steps, tokens or time, whichever leads)
 
 
+def validation_line(row: dict) -> str:
+    """Pretraining and LoRA report perplexity (and bits/char); DPO and distillation their own metrics."""
+    if "val_ppl" in row:
+        bpc = f" · {row['val_bpc']:.3f} bits/char" if "val_bpc" in row else ""
+        return f"val loss {row['val_loss']:.4f} · ppl {row['val_ppl']:.2f}{bpc}"
+    extras = [f"{key[4:].replace('_', ' ')} {value:.4f}" for key, value in row.items()
+              if key.startswith("val_") and key != "val_loss" and isinstance(value, (int, float))]
+    return " · ".join([f"val loss {row['val_loss']:.4f}", *extras])
+
+
 class TrainProgress:
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
@@ -41,10 +51,8 @@ class TrainProgress:
         if not self.enabled:
             return
         if "val_loss" in row:
-            bpc = f" · {row['val_bpc']:.3f} bits/char" if "val_bpc" in row else ""
             best = " (best)" if row.get("best") else ""
-            self.progress.console.print(f"[bold]step {row['step']}[/] · val loss {row['val_loss']:.4f}"
-                                        f" · ppl {row['val_ppl']:.2f}{bpc}{best}")
+            self.progress.console.print(f"[bold]step {row['step']}[/] · {validation_line(row)}{best}")
             if row.get("sample"):
                 sample = " ".join(row["sample"].split())[:150]
                 self.progress.console.print(f"  [dim]sample:[/] {sample}", markup=True, highlight=False)
