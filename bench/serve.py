@@ -2,6 +2,9 @@
 against `llmctl serve` with batching (--max-batch 8) and without (1), and the same model's generation
 called in-process one request after another, in the same run.
 
+The server runs as its own process, as it would for users: in one process, a second thread running
+torch makes both threads' OpenMP pools compete for the cores, which would slow either side unfairly.
+
     python bench/serve.py [--model smollm2] [--requests 16] [--max-tokens 16]
 """
 
@@ -9,10 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import socket
 import statistics
+import subprocess
 import sys
-import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -20,9 +27,9 @@ import openai
 from llmctl.backends.base import GenerationRequest, Message, SamplingParams
 from llmctl.config import Config
 from llmctl.prompting import open_backend, resolve_entry
-from llmctl.serve.server import ModelServer
 
 PROMPT = "Write one sentence about the sea."
+MODEL_NAME = "smollm2"  # set from --model: the server knows the model by the name it was given
 
 
 def in_process(backend, requests: int, max_tokens: int) -> dict:
@@ -42,7 +49,7 @@ def over_http(url: str, clients: int, requests: int, max_tokens: int) -> dict:
     def one(_):
         c = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
         t0 = time.perf_counter()
-        stream = c.chat.completions.create(model="m", messages=[{"role": "user", "content": PROMPT}], temperature=0,
+        stream = c.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": PROMPT}], temperature=0,
                                            max_tokens=max_tokens, stream=True)
         first = None
         for _ in stream:
@@ -56,25 +63,57 @@ def over_http(url: str, clients: int, requests: int, max_tokens: int) -> dict:
     return {"requests_per_s": round(requests / seconds, 3), "ttft_s": round(statistics.median(firsts), 3)}
 
 
+class served:
+    """`llmctl serve -m MODEL` in its own process on a free loopback port; stopped with SIGTERM."""
+
+    def __init__(self, model: str, max_batch: int):
+        self.model, self.max_batch = model, max_batch
+
+    def __enter__(self) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.proc = subprocess.Popen([sys.executable, "-m", "llmctl", "serve", "-m", self.model, "--port", str(port),
+                                      "--max-batch", str(self.max_batch), "--max-queue", "64"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                return f"http://127.0.0.1:{port}/v1"
+            except OSError:
+                if self.proc.poll() is not None:
+                    sys.exit(f"llmctl serve exited with {self.proc.returncode}")
+                time.sleep(0.5)
+        sys.exit("llmctl serve did not come up")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=16)
     args = parser.parse_args()
+    global MODEL_NAME
+    MODEL_NAME = args.model
     backend = open_backend(resolve_entry(args.model), Config())
     in_process(backend, 1, args.max_tokens)  # warm-up, so neither side pays for first-call costs
-    baseline = in_process(backend, args.requests, args.max_tokens)
-    report = {"in_process": baseline}
+    before = in_process(backend, args.requests, args.max_tokens)
+    runs = {}
     for max_batch in (1, 8):
-        server = ModelServer({"m": backend}, "127.0.0.1", 0, max_queue=64, max_batch=max_batch)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        for clients in (1, 4, 16):
-            result = over_http(server.url, clients, args.requests, args.max_tokens)
-            result["throughput_ratio"] = round(result["requests_per_s"] / baseline["requests_per_s"], 3)
-            report[f"http_batch{max_batch}_{clients}_clients"] = result
-        server.shutdown()
-        server.server_close()
+        with served(args.model, max_batch) as url:
+            over_http(url, 1, 1, args.max_tokens)  # warm-up
+            for clients in (1, 4, 16):
+                runs[f"http_batch{max_batch}_{clients}_clients"] = over_http(url, clients, args.requests, args.max_tokens)
+    after = in_process(backend, args.requests, args.max_tokens)
+    baseline = (before["requests_per_s"] + after["requests_per_s"]) / 2  # the machine may drift during the run
+    report = {"in_process": {"before": before, "after": after, "requests_per_s": round(baseline, 3)}}
+    for name, result in runs.items():
+        report[name] = dict(result, throughput_ratio=round(result["requests_per_s"] / baseline, 3))
     print(json.dumps(report, indent=2))
     print("requests/s over HTTP relative to in-process: "
           + ", ".join(f"{k}: {v['throughput_ratio']}" for k, v in report.items() if k != "in_process"), file=sys.stderr)

@@ -8,6 +8,7 @@ the next step; closing the batcher stops every row and fails what is still waiti
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 from typing import Iterator
@@ -48,6 +49,9 @@ class Batcher:
         self.stats = {"batches": 0, "largest_batch": 0, "finished": {}}  # for /health
         self.worker = threading.Thread(target=self._run, name=f"batcher-{backend.name}", daemon=True)
         self.worker.start()
+        # A thread that ran torch must be finished before the interpreter exits: torch's per-thread pools
+        # are torn down then, and a still-running owner aborts the process ("terminate called ...").
+        atexit.register(self.close)
 
     def submit(self, request: GenerationRequest) -> Response:
         """Queue a request; a bad one (too long, empty) raises now, before anything is queued."""
@@ -87,6 +91,7 @@ class Batcher:
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop: running rows end as 'interrupted' at their next token, waiting requests fail."""
+        atexit.unregister(self.close)
         with self.ready:
             self.closed = True
             waiting, self.waiting = self.waiting, []
