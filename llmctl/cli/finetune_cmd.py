@@ -116,12 +116,14 @@ def finetune(
 def _show_before_after(summary: dict) -> None:
     from rich.table import Table
 
+    from llmctl.cli.train_progress import fixed4
+
     table = Table(title="held-out validation", title_justify="left", show_edge=False, pad_edge=False)
     for column in ("metric", "before", "after"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for key in [k[:-len("_after")] for k in summary if k.endswith("_after")]:
         before, after = summary.get(f"{key}_before"), summary[f"{key}_after"]
-        table.add_row(key.replace("_", " "), "-" if before is None else f"{before:.4f}", f"{after:.4f}")
+        table.add_row(key.replace("_", " "), "-" if before is None else fixed4(before), fixed4(after))
     err.print(table)
 
 

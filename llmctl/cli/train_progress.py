@@ -9,12 +9,18 @@ from llmctl.cli.output import err
 SCALE = 10_000  # the bar tracks the run's progress fraction (steps, tokens or time, whichever leads)
 
 
+def fixed4(value: float) -> str:
+    """Four decimals, with no "-0.0000" for a value that rounds to zero."""
+    text = f"{value:.4f}"
+    return "0.0000" if text == "-0.0000" else text
+
+
 def validation_line(row: dict) -> str:
     """Pretraining and LoRA report perplexity (and bits/char); DPO and distillation their own metrics."""
     if "val_ppl" in row:
         bpc = f" · {row['val_bpc']:.3f} bits/char" if "val_bpc" in row else ""
         return f"val loss {row['val_loss']:.4f} · ppl {row['val_ppl']:.2f}{bpc}"
-    extras = [f"{key[4:].replace('_', ' ')} {value:.4f}" for key, value in row.items()
+    extras = [f"{key[4:].replace('_', ' ')} {fixed4(value)}" for key, value in row.items()
               if key.startswith("val_") and key != "val_loss" and isinstance(value, (int, float))]
     return " · ".join([f"val loss {row['val_loss']:.4f}", *extras])
 
