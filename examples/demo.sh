@@ -41,12 +41,28 @@ for question in "What colour is a fire truck?" "Who wrote Hamlet?"; do
   printf '  pirate:  '; llmctl prompt -m pirate -t 0 --max-tokens 30 "$question"
 done
 
-step "9. Pretrain your own GPT: the tiny preset on the Python standard library, for one minute" \
+step "9. Side by side: the same questions to smollm2 and the pirate adapter (a judge model is optional)" \
+     'eval compare -m smollm2 -m pirate -p examples/questions.txt --max-tokens 30'
+llmctl eval compare -m smollm2 -m pirate -p examples/questions.txt --max-tokens 30
+
+step "10. Serve the adapter over the OpenAI API and ask it like any OpenAI-compatible server" \
+     'serve -m pirate --port 8765 &  then  prompt --base-url http://127.0.0.1:8765/v1 -m pirate "..."'
+.venv/bin/llmctl serve -m pirate --port 8765 2>/dev/null &  # not the function: $! must be the server itself
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for _ in $(seq 120); do  # wait until it answers /health (loading takes a few seconds)
+  .venv/bin/python -c 'import urllib.request as u; u.urlopen("http://127.0.0.1:8765/health")' 2>/dev/null && break
+  sleep 0.5
+done
+OPENAI_API_KEY=none llmctl prompt --base-url http://127.0.0.1:8765/v1 -m pirate -t 0 --max-tokens 30 "What do bees make?"
+kill -TERM $server; wait $server || true
+
+step "11. Pretrain your own GPT: the tiny preset on the Python standard library, for one minute" \
      'pretrain --data python-stdlib --preset tiny --vocab-size 2048 --context 128 --lr 3e-3 --max-time 60s --out runs/pystd-gpt'
 llmctl pretrain --data python-stdlib --preset tiny --vocab-size 2048 --context 128 --lr 3e-3 --warmup-steps 30 \
   --max-time 60s --eval-every 200 --out runs/pystd-gpt --name pystd-gpt
 
-step "10. Sample from it: a base model, so a raw completion" 'prompt -m pystd-gpt -t 0.8 --seed 0 "def "'
+step "12. Sample from it: a base model, so a raw completion" 'prompt -m pystd-gpt -t 0.8 --seed 0 "def "'
 llmctl prompt -m pystd-gpt -t 0.8 --seed 0 --max-tokens 80 "def "
 llmctl models show pystd-gpt
 
