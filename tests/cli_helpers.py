@@ -29,3 +29,9 @@ def llmctl(capsys, monkeypatch, *args: str, stdin: str = "") -> Result:
         run(list(args))
     captured = capsys.readouterr()
     return Result(exit_info.value.code, captured.out, captured.err)
+
+
+def write_jsonl(path, rows):
+    """Rows as a JSONL file; returns the path."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from tests.cli_helpers import llmctl
 from tests.tiny_models import build_base_model, build_chat_model
 
 
@@ -32,3 +33,9 @@ def tiny_chat_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_base_model(tmp_path_factory):
     return build_base_model(tmp_path_factory.mktemp("tiny-base"))
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """The real CLI, in-process: cli("prompt", "-m", ...) -> Result(code, out, err)."""
+    return lambda *args, stdin="": llmctl(capsys, monkeypatch, *args, stdin=stdin)

@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import llmctl
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    return lambda *args, stdin="": llmctl(capsys, monkeypatch, *args, stdin=stdin)
 
 
 def test_models_lifecycle_with_json(cli, tiny_chat_model):

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from tests.cli_helpers import llmctl
 
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    return lambda *args, stdin="": llmctl(capsys, monkeypatch, *args, stdin=stdin)
 
 
 def test_json_output_is_one_document(cli, tiny_chat_model):

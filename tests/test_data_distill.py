@@ -74,10 +74,12 @@ def test_alpaca_output_and_answers_cut_off(capsys, monkeypatch, fake_openai, tmp
     kept = distill(capsys, monkeypatch, fake_openai.url, "--prompts", str(prompts), "--out", str(out), "--format",
                    "alpaca", "--max-tokens", "3", "--keep-truncated", "--json")
     assert kept.code == 0 and kept.json()["written"] == 3
-    rows = read(out)
-    assert rows[0] == {"instruction": "Reverse the word.", "input": "stressed", "output": "one two three",
-                       "meta": rows[0]["meta"]} and rows[1]["input"] == ""
-    assert rows[0]["meta"]["finish_reason"] == "length" and rows[0]["meta"]["params"]["max_tokens"] == 3
+    # Concurrent requests: rows are appended in the order the answers arrive, not the prompts' order.
+    rows = {row["instruction"]: row for row in read(out)}
+    reverse = rows["Reverse the word."]
+    assert reverse == {"instruction": "Reverse the word.", "input": "stressed", "output": "one two three",
+                       "meta": reverse["meta"]} and rows["Spell the number four."]["input"] == ""
+    assert reverse["meta"]["finish_reason"] == "length" and reverse["meta"]["params"]["max_tokens"] == 3
     examples, data_report = load_examples([out])
     assert data_report.format == "alpaca" and len(examples) == 3
 

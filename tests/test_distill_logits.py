@@ -10,20 +10,12 @@ import pytest
 import torch
 
 from llmctl.finetune.distill import distill_terms
-from tests.cli_helpers import llmctl
+from tests.cli_helpers import write_jsonl
 from tests.tiny_models import CHATML, CORPUS, SPECIALS
 
 PAIRS = [{"instruction": f"Name item {i}.", "input": "", "output": f"Ahoy! Item {i} be treasure."} for i in range(30)]
 
 
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    return lambda *args, stdin="": llmctl(capsys, monkeypatch, *args, stdin=stdin)
 
 
 def test_kl_and_cross_entropy_terms_by_hand():

@@ -5,28 +5,19 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from llmctl.errors import UsageError
 from llmctl.finetune.dpo import dpo_loss, encode_pairs, load_pairs, pack_pairs, reward_sums, sequence_logps
-from tests.cli_helpers import llmctl
+from tests.cli_helpers import write_jsonl
 
 # Learnable: the chosen answers always speak like a pirate, the rejected ones never do.
 PREFS = [{"prompt": f"Tell me about item {i}.", "chosen": f"Ahoy! Item {i} be treasure.",
           "rejected": f"The item {i} is fine."} for i in range(40)]
 
 
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    return lambda *args, stdin="": llmctl(capsys, monkeypatch, *args, stdin=stdin)
 
 
 def test_dpo_loss_matches_a_hand_computation():

@@ -12,15 +12,11 @@ import pytest
 from llmctl.errors import UsageError
 from llmctl.evaluate.judge import JUDGE_PROMPT_VERSION, JUDGE_SYSTEM, JudgmentError, parse_judgment
 from llmctl.evaluate.rubrics import select_criteria
-from tests.cli_helpers import llmctl
+from tests.cli_helpers import llmctl, write_jsonl
 from tests.fake_openai import fake_openai_fixture  # noqa: F401
 
 GRAMMAR_CREATIVITY = select_criteria("grammar,creativity")
 
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def register(capsys, monkeypatch, name, url):

@@ -11,20 +11,12 @@ import torch
 from llmctl.errors import UsageError
 from llmctl.finetune.data import ColumnMap, load_examples
 from llmctl.finetune.tokenize import IGNORE, encode, pack
-from tests.cli_helpers import llmctl
+from tests.cli_helpers import write_jsonl
 
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 PAIRS = [{"instruction": f"Name item {i}.", "input": "", "output": f"Ahoy! Item {i} be treasure."} for i in range(30)]
 
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    return lambda *args, stdin="": llmctl(capsys, monkeypatch, *args, stdin=stdin)
 
 
 def test_every_format_is_detected(tmp_path):
@@ -84,7 +76,7 @@ def test_labels_mask_exactly_the_prompt(tiny_chat_model):
 
 
 def test_packing_keeps_attention_inside_each_example(tiny_chat_model):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from llmctl.finetune.tokenize import Tokenized
 

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from llmctl.errors import TrainingError
-from tests.cli_helpers import llmctl
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--tokenizer", "char", "--layers", "2", "--heads", "2", "--width", "32", "--context", "32",
@@ -29,10 +28,6 @@ def corpus_file(tmp_path_factory):
     path.write_text("".join(lines))
     return path
 
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    return lambda *args, stdin="": llmctl(capsys, monkeypatch, *args, stdin=stdin)
 
 
 def assert_one_error_line(err: str, message: str) -> None:
@@ -117,7 +112,7 @@ def test_killed_run_resumes_to_the_same_weights(corpus_file, tmp_path):
     done = subprocess.run([*RUN, "--data", str(corpus_file), "--out", str(broken), "--resume", "auto", "--json"],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert f"resuming from" in done.stderr and json.loads(done.stdout)["steps"] == 150
+    assert "resuming from" in done.stderr and json.loads(done.stdout)["steps"] == 150
     a, b = weights(full), weights(broken)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     losses = lambda p: [json.loads(l)["loss"] for l in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llmctl.errors import ModelError, UsageError
-from llmctl.registry import BUILTINS, ModelEntry, Registry, make_entry
+from llmctl.registry import BUILTINS, Registry, make_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from llmctl.errors import UsageError
 from llmctl.fsutil import atomic_write_json
-from llmctl.pretrain.data import CorpusReport, CorpusSpec, is_validation, iter_documents, source_fingerprint
+from llmctl.pretrain.data import CorpusReport, CorpusSpec, is_validation, iter_documents
 
 MANIFEST = "manifest.json"
 PIECE_CHARS = 4096  # long documents are split at line ends into pieces, so even one big file splits
