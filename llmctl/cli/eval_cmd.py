@@ -179,7 +179,7 @@ def render_run(run, with_rows: bool) -> None:
         out.print(answers_table(run, 40))
     models = ", ".join(s.get("models") or []) or "-"
     out.print(f"[bold]{escape(run.id)}[/] · {s.get('kind')} · models {escape(models)} · judge "
-              f"{escape(str(s.get('judge') or '-'))} · {s.get('judge_prompt_version', '-')} · {s.get('status', '?')}")
+              f"{escape(str(s.get('judge') or '-'))} · {s.get('judge_prompt_version') or '-'} · {s.get('status', '?')}")
     if s.get("scores") and s.get("judge") != "human":
         out.print(scores_table(s["scores"], f"judge {s.get('judge')}"))
     if s.get("results"):

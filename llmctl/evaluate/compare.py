@@ -171,7 +171,7 @@ def run_compare(items: list[PromptItem], models: list[str], judge_ref: str | Non
 
     summary: dict[str, Any] = {
         "models": models, "judge": judge_ref, "rubric": [c.to_dict() for c in settings.criteria],
-        "judge_prompt_version": PAIRWISE_PROMPT_VERSION, "prompts": len(items),
+        "judge_prompt_version": PAIRWISE_PROMPT_VERSION if judge_ref else None, "prompts": len(items),
         "settings": run_settings(settings, answering)}
     writer, rows = record_run("compare", summary, save_dir, judge_entry, config, work)
     if judge_entry is not None:
