@@ -121,9 +121,15 @@ def answer_all(backend: Backend, requests: list[GenerationRequest], workers: int
                 on_answer(index, answer)
 
     if workers > 1 and is_remote(backend) and len(requests) > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
             for future in [pool.submit(run, i) for i in range(len(requests))]:
                 future.result()
+        except BaseException:
+            # Ctrl-C: drop the queued requests and return at once; the ones in flight finish on their own.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     else:
         for i in range(len(requests)):
             run(i)

@@ -54,3 +54,21 @@ def test_jsonl_rows_may_hold_unicode_line_separators(tmp_path):
 
     text = '{"prompt": "a\u2028b"}\r\n{"prompt": "c\u0085d"}\n'
     assert [row["prompt"] for _, row in parse_jsonl(tmp_path / "x.jsonl", text)] == ["a\u2028b", "c\u0085d"]
+
+
+def test_an_interrupt_does_not_wait_for_queued_requests(fake_openai):
+    import time
+
+    from llmctl.backends.base import Message
+
+    backend = OpenAIBackend(ModelEntry("fake", "openai", "fake-model", base_url=fake_openai.url), Config())
+    fake_openai.faults.extend([("sleep", 0.3)] * 20)
+    requests = [GenerationRequest([Message("user", f"q{i}")], greedy(4)) for i in range(20)]
+
+    def interrupt(index, answer):
+        raise KeyboardInterrupt
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        answer_all(backend, requests, workers=2, on_answer=interrupt)
+    assert time.monotonic() - started < 2  # 20 requests of 0.3 s on 2 workers would take 3 s
