@@ -52,13 +52,12 @@ def exact(
 
     from llmctl.evaluate.exact import exact_match
     from llmctl.fsutil import atomic_write_text
+    from llmctl.jsonl import jsonl_line
 
     with err.status(f"asking {model}…"):
         doc = exact_match(model, data, max_tokens, system, state(ctx).config().config)
     if save:
-        import json
-
-        atomic_write_text(save, "".join(json.dumps(r) + "\n" for r in doc["results"]))
+        atomic_write_text(save, "".join(jsonl_line(r) for r in doc["results"]))
     if json_out:
         print_json(doc)
         return

@@ -12,7 +12,8 @@ from typing import Any
 
 from llmctl.answering import Answer, PromptItem, answer_all, is_remote, load_prompts
 from llmctl.backends.base import GenerationRequest, Message, SamplingParams
-from llmctl.data.generate import Events, JsonlAppender, read_resumable, teacher_failed
+from llmctl.data.generate import Events, teacher_failed
+from llmctl.jsonl import JsonlAppender, read_resumable
 from llmctl.errors import UsageError
 
 FORMATS = ("chat", "alpaca")

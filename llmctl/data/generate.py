@@ -6,7 +6,6 @@ resumable Alpaca JSONL file with its provenance.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from collections import Counter
@@ -19,7 +18,7 @@ from llmctl.answering import Answer, answer_all, is_remote
 from llmctl.backends.base import GenerationRequest, Message, SamplingParams
 from llmctl.data.similarity import NearDuplicateIndex
 from llmctl.errors import LlmctlError, ModelError, RemoteError, UsageError
-from llmctl.jsonl import parse_jsonl, read_text
+from llmctl.jsonl import JsonlAppender, parse_jsonl, read_resumable, read_text
 
 PROMPT_VERSION = "self-instruct-v1"
 # Tasks a text-only model cannot do (Alpaca dropped instructions with these words, for the same reason).
@@ -59,66 +58,6 @@ class Events:
 
     def update(self, done: int, total: int, requests: int) -> None:
         pass
-
-
-# -- the output file: whole lines appended and synced, so a crash loses at most the line being written ---------
-
-def read_resumable(path: Path, warn, required: dict[str, type]) -> list[dict]:
-    """The rows an earlier run left in `path` (none if it does not exist). A last line that is not valid
-    JSON (a crash mid-write) is cut off with a warning; any other bad line is an error."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    text = read_text(path, f"{path}: no such file")
-    lines = text.splitlines(keepends=True)
-    rows, offset = [], 0
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                if any(rest.strip() for rest in lines[number:]):
-                    raise UsageError(f"{path}:{number}: not valid JSON", hint="--out must be a file this command "
-                                     "wrote; fix the line or choose another --out") from None
-                warn(f"{path}:{number}: the last line is incomplete (a crash mid-write?); removed it")
-                _truncate(path, len(text[:offset].encode("utf-8")))
-                return rows
-            if not isinstance(row, dict) or not all(isinstance(row.get(k), t) for k, t in required.items()):
-                raise UsageError(f"{path}:{number}: not a row this command writes (needs {', '.join(required)})",
-                                 hint="choose another --out")
-            rows.append(row)
-        offset += len(line)
-    if text and not text.endswith("\n"):  # a complete last row without its newline: the next append needs one
-        with open(path, "a", encoding="utf-8") as f:
-            f.write("\n")
-    return rows
-
-
-def _truncate(path: Path, size: int) -> None:
-    with open(path, "r+b") as f:
-        f.truncate(size)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-class JsonlAppender:
-    """Appends one JSON row a line, each flushed and synced before the next, so a crash never loses a
-    row already reported kept and leaves at most one torn line (read_resumable removes it)."""
-
-    def __init__(self, path: Path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "a", encoding="utf-8")
-
-    def write(self, row: dict) -> None:
-        line = json.dumps(row, ensure_ascii=False)
-        # JSON leaves these unescaped, but str.splitlines() (every JSONL reader here) ends a line at them.
-        line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085")
-        self.file.write(line + "\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
-
-    def close(self) -> None:
-        self.file.close()
 
 
 # -- tasks: seeds in, teacher replies parsed -------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 from llmctl.errors import UsageError
 from llmctl.evaluate.runs import Run, load_run, mean_score
 from llmctl.fsutil import atomic_write_text
+from llmctl.jsonl import jsonl_line
 
 SOURCES = ("auto", "judge", "human")  # auto: a person's verdict where there is one, else the judge's
 
@@ -132,7 +133,7 @@ def build_prefs(run_refs: list[str], out: Path, min_margin: float = 0.0, source:
             unique.append(pair)
     out = Path(out)
     try:
-        atomic_write_text(out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in unique))
+        atomic_write_text(out, "".join(jsonl_line(p) for p in unique))
     except OSError as e:
         raise UsageError(f"cannot write {out}: {e}") from None
     return {"out": str(out), "runs": [r.id for r in runs], "pairs": len(unique),

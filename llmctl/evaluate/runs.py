@@ -4,7 +4,6 @@ finishes) and summary.json (written atomically), for `eval show`, `--human` and 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import statistics
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Any, Callable
 
 from llmctl.errors import LlmctlError, UsageError
 from llmctl.fsutil import atomic_write_json, atomic_write_text
+from llmctl.jsonl import append_jsonl, jsonl_line
 from llmctl.paths import llmctl_home
 
 RESULTS = "results.jsonl"
@@ -64,11 +64,7 @@ class RunWriter:
         (self.directory / RESULTS).touch()
 
     def append(self, row: dict[str, Any]) -> None:
-        # One write of one complete line: a crash can at worst lose the line being written.
-        with open(self.directory / RESULTS, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.directory / RESULTS, row)  # a crash can at worst lose the line being written
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.directory / SUMMARY, {"id": self.id, **summary})
@@ -152,7 +148,7 @@ def load_run(ref: str | Path) -> Run:
 
 def save_rows(run: Run) -> None:
     """Replace the results with `run.rows` (after human scoring), atomically."""
-    atomic_write_text(run.directory / RESULTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in run.rows))
+    atomic_write_text(run.directory / RESULTS, "".join(jsonl_line(r) for r in run.rows))
 
 
 def save_summary(run: Run) -> None:
