@@ -35,3 +35,27 @@ def write_jsonl(path, rows):
     """Rows as a JSONL file; returns the path."""
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def assert_resume_is_exact(cli, monkeypatch, tmp_path, task_class, args: list[str]) -> None:
+    """A fine-tuning run interrupted by Ctrl-C at step 4 and resumed ends with the same adapter weights,
+    to the bit, as one that ran straight through. `args`: the `llmctl finetune` flags, without --out."""
+    import torch
+    from safetensors.torch import load_file
+
+    assert cli("finetune", *args, "--out", str(tmp_path / "full")).code == 0
+    real = task_class.train_batch
+
+    def interrupted(self, step, micro, rank, world):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real(self, step, micro, rank, world)
+
+    monkeypatch.setattr(task_class, "train_batch", interrupted)
+    assert cli("finetune", *args, "--out", str(tmp_path / "broken")).code == 130
+    monkeypatch.setattr(task_class, "train_batch", real)
+    resumed = cli("finetune", *args, "--out", str(tmp_path / "broken"), "--resume", "auto", "--json")
+    assert resumed.code == 0 and "resuming from" in resumed.err and "step 4" in resumed.err
+    a = load_file(tmp_path / "full" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "broken" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

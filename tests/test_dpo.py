@@ -11,7 +11,7 @@ import torch
 
 from llmctl.errors import UsageError
 from llmctl.finetune.dpo import dpo_loss, encode_pairs, load_pairs, pack_pairs, reward_sums, sequence_logps
-from tests.cli_helpers import write_jsonl
+from tests.cli_helpers import assert_resume_is_exact, write_jsonl
 
 # Learnable: the chosen answers always speak like a pirate, the rejected ones never do.
 PREFS = [{"prompt": f"Tell me about item {i}.", "chosen": f"Ahoy! Item {i} be treasure.",
@@ -115,30 +115,13 @@ def test_dpo_learns_the_preference(cli, tmp_path, tiny_chat_model):
 
 def test_dpo_resume_is_exact(cli, tmp_path, tiny_chat_model, monkeypatch):
     """Ctrl-C at step 4, then --resume auto: the same adapter as an unbroken run (same reference too)."""
-    from safetensors.torch import load_file
-
     from llmctl.finetune.dpo import DPOTask
 
     data = write_jsonl(tmp_path / "prefs.jsonl", PREFS[:16])
     common = ["--method", "dpo", "--data", str(data), "-m", str(tiny_chat_model), "--max-steps", "8",
               "--batch-size", "2", "--save-every", "100", "--eval-every", "100", "--lr", "1e-2", "--dropout", "0.1",
               "--no-register"]
-    assert cli("finetune", *common, "--out", str(tmp_path / "full")).code == 0
-    real = DPOTask.train_batch
-
-    def interrupted(self, step, micro, rank, world):
-        if step == 4:
-            raise KeyboardInterrupt
-        return real(self, step, micro, rank, world)
-
-    monkeypatch.setattr(DPOTask, "train_batch", interrupted)
-    assert cli("finetune", *common, "--out", str(tmp_path / "broken")).code == 130
-    monkeypatch.setattr(DPOTask, "train_batch", real)
-    resumed = cli("finetune", *common, "--out", str(tmp_path / "broken"), "--resume", "auto", "--json")
-    assert resumed.code == 0 and "resuming from" in resumed.err and "step 4" in resumed.err
-    a = load_file(tmp_path / "full" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "broken" / "adapter_model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_is_exact(cli, monkeypatch, tmp_path, DPOTask, common)
 
 
 def test_dpo_goes_on_from_a_supervised_adapter(cli, tmp_path, tiny_chat_model):

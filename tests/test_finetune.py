@@ -11,7 +11,7 @@ import torch
 from llmctl.errors import UsageError
 from llmctl.finetune.data import ColumnMap, load_examples
 from llmctl.finetune.tokenize import IGNORE, encode, pack
-from tests.cli_helpers import write_jsonl
+from tests.cli_helpers import assert_resume_is_exact, write_jsonl
 
 
 
@@ -139,30 +139,13 @@ def test_base_model_without_template_gets_alpaca(cli, tmp_path, tiny_base_model)
 
 
 def test_resume_is_exact(cli, tmp_path, tiny_chat_model, monkeypatch):
-    """Ctrl-C at step 5 saves a checkpoint; --resume auto ends with the weights of an unbroken run."""
-    from safetensors.torch import load_file
-
+    """Ctrl-C at step 4 saves a checkpoint; --resume auto ends with the weights of an unbroken run."""
     from llmctl.finetune.run import FinetuneTask
 
     data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
     common = ["--data", str(data), "-m", str(tiny_chat_model), "--max-steps", "8", "--batch-size", "2",
               "--save-every", "100", "--eval-every", "100", "--lr", "1e-2", "--dropout", "0.1", "--no-register"]
-    assert cli("finetune", *common, "--out", str(tmp_path / "full")).code == 0
-    real = FinetuneTask.train_batch
-
-    def interrupted(self, step, micro, rank, world):
-        if step == 4:
-            raise KeyboardInterrupt
-        return real(self, step, micro, rank, world)
-
-    monkeypatch.setattr(FinetuneTask, "train_batch", interrupted)
-    assert cli("finetune", *common, "--out", str(tmp_path / "broken")).code == 130
-    monkeypatch.setattr(FinetuneTask, "train_batch", real)
-    resumed = cli("finetune", *common, "--out", str(tmp_path / "broken"), "--resume", "auto", "--json")
-    assert resumed.code == 0 and "resuming from" in resumed.err and "step 4" in resumed.err
-    a = load_file(tmp_path / "full" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "broken" / "adapter_model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_is_exact(cli, monkeypatch, tmp_path, FinetuneTask, common)
 
 
 @pytest.mark.parametrize("args, code, message", [
