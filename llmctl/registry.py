@@ -162,6 +162,13 @@ class Registry:
         hint += "`llmctl models list` shows the registry; also accepted: openai:MODEL, hf:REPO_OR_PATH, a model directory"
         return ModelError(f"unknown model '{ref}'", hint=hint)
 
+    def base_of(self, adapter: ModelEntry) -> ModelEntry:
+        """The local full model a LoRA adapter entry sits on (to load, serve or train it further)."""
+        base = self.resolve(adapter.base) if adapter.base else None
+        if base is None or base.provider != "hf" or base.adapter:
+            raise ModelError(f"adapter '{adapter.name}' needs a local base model, got '{adapter.base}'")
+        return base
+
     # -- references ----------------------------------------------------------------------------
     def resolve(self, ref: str) -> ModelEntry:
         """A model reference as accepted everywhere: registry name or alias, `openai:<model>`,

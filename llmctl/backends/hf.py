@@ -109,12 +109,8 @@ class HFBackend(Backend):
         device = pick_device(config.hf.device)
         dtype = pick_dtype(config.hf.dtype, device)
         if entry.adapter:
-            base = Registry().resolve(entry.base) if entry.base else None
-            if base is None or base.provider != "hf":
-                raise ModelError(f"adapter '{entry.name}' needs a local base model, got '{entry.base}'")
-            source, origin = locate_weights(base.source, offline=_is_offline(config))
-            model = _load_pretrained(source, config, dtype)
-            model = _attach_adapter(model, entry.adapter)
+            source, origin = locate_weights(Registry().base_of(entry).source, offline=_is_offline(config))
+            model = attach_adapter(_load_pretrained(source, config, dtype), entry.adapter)
             tokenizer = _load_tokenizer([entry.adapter, source], config)
             origin = f"{origin} + adapter {entry.adapter}"
         else:
@@ -213,12 +209,13 @@ class HFBackend(Backend):
             torch.cuda.empty_cache()
 
 
-def _attach_adapter(model, adapter_dir: str):
+def attach_adapter(model, adapter_dir: str, trainable: bool = False):
+    """`model` with the peft adapter in `adapter_dir` on top (trainable: to fine-tune it further)."""
     from peft import PeftModel
 
     if not Path(adapter_dir, "adapter_config.json").is_file():
         raise ModelError(f"adapter directory {adapter_dir} has no adapter_config.json")
     try:
-        return PeftModel.from_pretrained(model, adapter_dir)
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
     except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"cannot load adapter {adapter_dir}: {e}") from None
+        raise ModelError(f"cannot load adapter {adapter_dir}: {str(e).splitlines()[0]}") from None

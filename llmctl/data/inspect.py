@@ -253,18 +253,18 @@ def duplicates(rows: list[tuple[int, dict]], fmt: str, max_similarity: float) ->
 
 def load_tokenizer(ref: str, config=None):
     """The tokenizer of a local registry model (its adapter's, if it has one)."""
-    from llmctl.backends.hf import _load_tokenizer
+    from llmctl.backends.hf import _is_offline, _load_tokenizer
     from llmctl.config import Config
-    from llmctl.embedded import locate_weights, offline_requested
+    from llmctl.embedded import locate_weights
     from llmctl.registry import Registry
 
     registry = Registry()
     entry = registry.resolve(ref)
-    base = registry.resolve(entry.base) if entry.adapter and entry.base else entry
-    if base.provider != "hf":
+    if entry.provider != "hf":
         raise UsageError(f"-m {ref}: token counts need a local model's tokenizer", hint="choose an hf model or a directory")
+    base = registry.base_of(entry) if entry.adapter else entry
     config = config or Config()
-    source, _ = locate_weights(base.source, offline=config.hf.offline or offline_requested())
+    source, _ = locate_weights(base.source, offline=_is_offline(config))
     return _load_tokenizer(([entry.adapter] if entry.adapter else []) + [source], config)
 
 

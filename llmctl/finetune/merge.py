@@ -10,22 +10,14 @@ from llmctl.fsutil import save_pretrained_into
 
 
 def merge_adapter(name: str, out: Path, new_name: str | None = None, register: bool = True) -> dict:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
-    from llmctl.finetune.run import load_base
+    from llmctl.finetune.run import load_merged
     from llmctl.pretrain.run import default_name
     from llmctl.registry import ModelEntry, Registry
 
     entry = Registry().resolve(name)
     if not entry.adapter or not entry.base:
         raise UsageError(f"'{name}' is not an adapter (it has no base + adapter)", hint="llmctl models show " + name)
-    _, base_model, _, _ = load_base(entry.base, qlora=False)
-    # merge_and_unload adds each delta into the base weights in place: one copy of the model in memory.
-    with torch.no_grad():
-        merged = PeftModel.from_pretrained(base_model, entry.adapter).merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(entry.adapter)
+    _, merged, tokenizer = load_merged(name)  # the tokenizer saved with the adapter (its chat template)
     save_pretrained_into(out, merged, tokenizer)
     result = {"merged": name, "output_dir": str(out)}
     if register:

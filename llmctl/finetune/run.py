@@ -108,13 +108,9 @@ def load_base(ref: str, qlora: bool, continue_adapter: bool = False):
     if entry.provider != "hf":
         raise UsageError(f"cannot fine-tune '{ref}': it is a remote ({entry.provider}) model",
                          hint="fine-tune a local model: smollm2, a Hub repo (hf:...), a directory, or a pretrained GPT")
-    weights = entry
     if entry.adapter and not continue_adapter:
         raise UsageError(f"'{ref}' is already an adapter", hint=f"merge it first: llmctl finetune merge {ref} --out DIR")
-    if entry.adapter:
-        weights = Registry().resolve(entry.base) if entry.base else None
-        if weights is None or weights.provider != "hf" or weights.adapter:
-            raise ModelError(f"adapter '{ref}' needs a local base model, got '{entry.base}'")
+    weights = Registry().base_of(entry) if entry.adapter else entry
     source, origin = locate_weights(weights.source, offline=offline_requested())
     if entry.adapter:
         origin = f"{origin} + adapter {entry.adapter}"
@@ -155,7 +151,7 @@ def choose_template(entry, tokenizer) -> str:
 
 def add_lora(model, cfg: FinetuneConfig, adapter_dir: str | None = None):
     """A new LoRA adapter on `model`, or the adapter in `adapter_dir` to train further."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
     if cfg.qlora:
         from peft import prepare_model_for_kbit_training
@@ -165,10 +161,9 @@ def add_lora(model, cfg: FinetuneConfig, adapter_dir: str | None = None):
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     if adapter_dir:
-        try:
-            return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
-        except (OSError, ValueError, KeyError) as e:
-            raise ModelError(f"cannot load adapter {adapter_dir}: {str(e).splitlines()[0]}") from None
+        from llmctl.backends.hf import attach_adapter
+
+        return attach_adapter(model, adapter_dir, trainable=True)
     targets = cfg.targets or "all-linear"
     lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                       task_type="CAUSAL_LM")
@@ -211,6 +206,18 @@ def check_method(cfg: FinetuneConfig) -> None:
         raise UsageError(f"--teacher is for --method distill, not {cfg.method}")
 
 
+def load_merged(ref: str):
+    """(entry, model, tokenizer) of a local model; for an adapter, base + adapter folded into one model
+    (merge_and_unload adds each delta into the base weights in place: one copy in memory)."""
+    entry, model, tokenizer, _ = load_base(ref, qlora=False, continue_adapter=True)
+    if entry.adapter:
+        from llmctl.backends.hf import attach_adapter
+
+        with torch.no_grad():
+            model = attach_adapter(model, entry.adapter).merge_and_unload()
+    return entry, model, tokenizer
+
+
 def load_teacher(ref: str, student: str, student_tokenizer):
     """The distillation teacher (a model or an adapter, merged), once it is known to share the tokenizer."""
     from llmctl.finetune.distill import check_shared_tokenizer
@@ -220,12 +227,8 @@ def load_teacher(ref: str, student: str, student_tokenizer):
     if entry.provider != "hf":
         raise UsageError(f"--teacher {ref}: a remote ({entry.provider}) model gives no logits to distil",
                          hint="distil through text: llmctl data distill, then llmctl finetune on its file")
-    entry, teacher, tokenizer, _ = load_base(ref, qlora=False, continue_adapter=True)
+    _, teacher, tokenizer = load_merged(ref)
     check_shared_tokenizer(student_tokenizer, tokenizer, student, ref)
-    if entry.adapter:
-        from peft import PeftModel
-
-        teacher = PeftModel.from_pretrained(teacher, entry.adapter).merge_and_unload()
     return teacher
 
 
