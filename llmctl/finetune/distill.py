@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from llmctl.errors import UsageError
 from llmctl.finetune.run import FinetuneTask
 from llmctl.finetune.tokenize import IGNORE, Tokenized
-from llmctl.training.loop import TrainConfig
+from llmctl.training.loop import TrainConfig, forward
 
 SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog. 1234567890 ¿Qué? def f(x): return x ** 2\n"
 SAMPLED_IDS = 64  # ids compared one by one, spread over the whole vocabulary
@@ -70,11 +70,6 @@ def distill_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, la
     return DistillTerms(kl, ce)
 
 
-def _forward(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                 position_ids=batch.get("position_ids")).logits
-
-
 class DistillTask(FinetuneTask):
     """FinetuneTask's data and batches; the loss is α·KL(teacher ‖ student) + (1 − α)·CE per token."""
 
@@ -91,8 +86,8 @@ class DistillTask(FinetuneTask):
         if next(self.teacher.parameters()).device != device:  # follows the student wherever the loop put it
             self.teacher.to(device)
         with torch.no_grad():
-            teacher_logits = _forward(self.teacher, batch)
-        return distill_terms(_forward(model, batch), teacher_logits, batch["labels"], self.temperature)
+            teacher_logits = forward(self.teacher, batch).logits
+        return distill_terms(forward(model, batch).logits, teacher_logits, batch["labels"], self.temperature)
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         terms = self._terms(model, batch)

@@ -18,7 +18,7 @@ from llmctl.errors import UsageError
 from llmctl.finetune.data import ROLES, DataReport, Example, _string, read_rows
 from llmctl.finetune.run import FinetuneTask
 from llmctl.finetune.tokenize import IGNORE, Tokenized, encode, pack, problem
-from llmctl.training.loop import TrainConfig
+from llmctl.training.loop import TrainConfig, forward
 
 REWARD_KEYS = ("reward_margin", "reward_accuracy", "chosen_reward", "rejected_reward")
 
@@ -128,8 +128,7 @@ def pack_pairs(pairs: list[PreferencePair]) -> dict[str, torch.Tensor]:
 # -- the objective ----------------------------------------------------------------------------------
 def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """log π(response | prompt) of every packed sequence: the sum over its response tokens."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                   position_ids=batch.get("position_ids")).logits
+    logits = forward(model, batch).logits
     labels = batch["labels"].view(-1)
     # cross_entropy per token = -log p(label); 0 where the label is IGNORE (prompt tokens)
     token_logps = -F.cross_entropy(logits.view(-1, logits.size(-1)).float(), labels, ignore_index=IGNORE,

@@ -103,10 +103,15 @@ def task_eval_sums(task, model, batch: dict[str, torch.Tensor]) -> dict[str, flo
     return {"val_loss": float(lm_loss(model, batch)) * rows, "count": rows}
 
 
+def forward(model, batch: dict[str, torch.Tensor]):
+    """The model's output on a batch: plain rows, or packed rows with their positions and 4D mask."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                 position_ids=batch.get("position_ids"))
+
+
 def lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over positions whose label is not -100 (labels are already shifted)."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                position_ids=batch.get("position_ids"))
+    out = forward(model, batch)
     logits = out.logits
     loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), batch["labels"].view(-1), ignore_index=-100)
     aux = getattr(out, "aux_loss", None)
