@@ -17,6 +17,7 @@ from llmctl.backends.base import Backend, GenerationRequest, Message, SamplingPa
 from llmctl.errors import LlmctlError, UsageError
 from llmctl.jsonl import parse_jsonl, read_text
 
+ROLES = ("system", "user", "assistant")
 PROMPT_FIELDS = "'prompt', 'question', 'instruction' (+ optional 'input') or 'messages'"
 
 
@@ -36,6 +37,18 @@ def alpaca_prompt(instruction: str, input_text: str = "") -> str:
     return instruction if not (input_text or "").strip() else f"{instruction}\n\n{input_text}"
 
 
+def checked_messages(value: Any, where: str, field_name: str) -> list[dict[str, str]]:
+    """Chat turns from a data row ({role, content} dicts), or an error naming the row and the turn."""
+    if not isinstance(value, list) or not value:
+        raise UsageError(f"{where}: field '{field_name}' must be a non-empty list of {{role, content}}")
+    clean = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise UsageError(f"{where}: {field_name}[{i}] needs a role ({', '.join(ROLES)}) and a string content")
+        clean.append({"role": m["role"], "content": m["content"]})
+    return clean
+
+
 def prompt_from_row(row: Any, where: str) -> tuple[list[Message], str]:
     """The chat turns a JSONL row asks for; a bad row is an error naming where it is."""
     if isinstance(row, str):
@@ -43,12 +56,7 @@ def prompt_from_row(row: Any, where: str) -> tuple[list[Message], str]:
     if not isinstance(row, dict):
         raise UsageError(f"{where}: expected a JSON object with {PROMPT_FIELDS}")
     if isinstance(row.get("messages"), list):
-        messages = []
-        for m in row["messages"]:
-            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
-                    or not isinstance(m.get("content"), str):
-                raise UsageError(f"{where}: each message needs a role (system, user, assistant) and string content")
-            messages.append(Message(m["role"], m["content"]))
+        messages = [Message(m["role"], m["content"]) for m in checked_messages(row["messages"], where, "messages")]
         if messages and messages[-1].role == "assistant":  # a finished conversation: ask its last question again
             messages = messages[:-1]
         if not messages or messages[-1].role != "user":

@@ -13,8 +13,8 @@ from typing import Any
 from llmctl.answering import Answer, PromptItem, answer_all, is_remote, load_prompts
 from llmctl.backends.base import GenerationRequest, Message, SamplingParams
 from llmctl.data.generate import Events, teacher_failed
-from llmctl.jsonl import JsonlAppender, read_resumable
 from llmctl.errors import UsageError
+from llmctl.jsonl import JsonlAppender, read_resumable
 
 FORMATS = ("chat", "alpaca")
 ROW_FIELDS = {"chat": {"messages": list}, "alpaca": {"instruction": str, "output": str}}

@@ -10,10 +10,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
-from llmctl.answering import alpaca_prompt, prompt_from_row
+from llmctl.answering import ROLES, alpaca_prompt, prompt_from_row
 from llmctl.data.similarity import NearDuplicateIndex
 from llmctl.errors import UsageError
-from llmctl.finetune.data import ROLES, ColumnMap, detect_format, read_rows
+from llmctl.finetune.data import ColumnMap, detect_format, read_rows
 from llmctl.jsonl import read_text
 
 FORMATS = ("alpaca", "alpaca-seed", "chat", "prompt-completion", "text", "preference", "prompts")

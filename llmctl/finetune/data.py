@@ -11,12 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmctl.answering import alpaca_prompt
+from llmctl.answering import alpaca_prompt, checked_messages
 from llmctl.errors import UsageError
 from llmctl.jsonl import parse_jsonl, read_text
 
 FORMATS = ("alpaca", "chat", "prompt-completion", "text")
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass
@@ -109,14 +108,7 @@ def _alpaca_example(instruction: str, input_text: str, output: str, where: str) 
 
 
 def _chat(row: dict, c: ColumnMap, where: str) -> list[Example]:
-    messages = row.get(c.messages)
-    if not isinstance(messages, list) or not messages:
-        raise UsageError(f"{where}: field '{c.messages}' must be a non-empty list of {{role, content}}")
-    clean = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise UsageError(f"{where}: {c.messages}[{i}] needs a role ({', '.join(ROLES)}) and a string content")
-        clean.append({"role": m["role"], "content": m["content"]})
+    clean = checked_messages(row.get(c.messages), where, c.messages)
     if clean[-1]["role"] != "assistant":
         raise UsageError(f"{where}: the last message must be the assistant's (the response to learn)")
     return [Example(messages=clean, source=where)]

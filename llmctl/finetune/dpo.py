@@ -14,8 +14,9 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from llmctl.answering import checked_messages
 from llmctl.errors import UsageError
-from llmctl.finetune.data import ROLES, DataReport, Example, _string, read_rows
+from llmctl.finetune.data import DataReport, Example, _string, read_rows
 from llmctl.finetune.run import FinetuneTask
 from llmctl.finetune.tokenize import IGNORE, Tokenized, encode, pack, problem
 from llmctl.training.loop import TrainConfig, forward
@@ -39,11 +40,7 @@ def _prompt_messages(row: dict, where: str) -> list[dict[str, str]]:
     if isinstance(prompt, str) and prompt.strip():
         messages = [{"role": "user", "content": prompt}]
     elif isinstance(prompt, list) and prompt:
-        messages = []
-        for i, m in enumerate(prompt):
-            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                raise UsageError(f"{where}: prompt[{i}] needs a role ({', '.join(ROLES)}) and a string content")
-            messages.append({"role": m["role"], "content": m["content"]})
+        messages = checked_messages(prompt, where, "prompt")
         if messages[-1]["role"] != "user":
             raise UsageError(f"{where}: the prompt's last message must be the user's")
     else:
