@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llmctl.backends.base import Backend, GenerationRequest, Message, SamplingParams
-from llmctl.errors import LlmctlError, UsageError
+from llmctl.errors import LlmctlError, ModelError, RemoteError, UsageError
 from llmctl.jsonl import parse_jsonl, read_text
 
 ROLES = ("system", "user", "assistant")
@@ -104,34 +104,43 @@ def is_remote(backend: Backend) -> bool:
     return getattr(backend, "client", None) is not None  # the OpenAI backend holds an HTTP client
 
 
-def answer_one(backend: Backend, request: GenerationRequest) -> Answer:
-    """One request; a failure (remote error after retries, a prompt too long) is recorded, not raised."""
+def answer_one(backend: Backend, request: GenerationRequest, unreachable_raises: bool = False) -> Answer:
+    """One request; a failure (remote error after retries, a prompt too long) is recorded, not raised.
+    With `unreachable_raises`, a model that cannot answer at all (no key, refused connection, unknown
+    model: RemoteError, ModelError) raises instead."""
     try:
         response = backend.generate(request)
         text = response.text()
         return Answer(text, finish_reason=response.finish_reason, usage=response.usage)
     except LlmctlError as e:
+        if unreachable_raises and isinstance(e, (RemoteError, ModelError)):
+            raise
         return Answer(None, error=str(e))
 
 
 def answer_all(backend: Backend, requests: list[GenerationRequest], workers: int = 4,
-               on_answer: Callable[[int, Answer], None] | None = None) -> list[Answer]:
+               on_answer: Callable[[int, Answer], None] | None = None, fail_fast: bool = False) -> list[Answer]:
     """Every request's answer, in order. `on_answer(index, answer)` runs as each one finishes (for
-    progress bars and incremental saving), from one thread at a time."""
+    progress bars and incremental saving), from one thread at a time. With `fail_fast`, the first request
+    runs alone and a model that cannot be reached at all raises, instead of failing every row one by one."""
     results: list[Answer | None] = [None] * len(requests)
     lock = threading.Lock()
 
     def run(index: int) -> None:
-        answer = answer_one(backend, requests[index])
+        answer = answer_one(backend, requests[index], unreachable_raises=fail_fast and index == 0)
         with lock:
             results[index] = answer
             if on_answer:
                 on_answer(index, answer)
 
-    if workers > 1 and is_remote(backend) and len(requests) > 1:
+    first = 0
+    if fail_fast and requests:
+        run(0)
+        first = 1
+    if workers > 1 and is_remote(backend) and len(requests) - first > 1:
         pool = ThreadPoolExecutor(max_workers=workers)
         try:
-            for future in [pool.submit(run, i) for i in range(len(requests))]:
+            for future in [pool.submit(run, i) for i in range(first, len(requests))]:
                 future.result()
         except BaseException:
             # Ctrl-C: drop the queued requests and return at once; the ones in flight finish on their own.
@@ -139,7 +148,7 @@ def answer_all(backend: Backend, requests: list[GenerationRequest], workers: int
             raise
         pool.shutdown()
     else:
-        for i in range(len(requests)):
+        for i in range(first, len(requests)):
             run(i)
     return [r for r in results if r is not None]
 

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from llmctl.answering import Answer, PromptItem, answer_all
 from llmctl.backends.base import Backend, GenerationRequest, SamplingParams
-from llmctl.errors import LlmctlError, ModelError, RemoteError, UsageError
+from llmctl.errors import UsageError
 from llmctl.evaluate.rubrics import Criterion
 from llmctl.prompting import Conversation, build_request
 
@@ -177,23 +177,6 @@ class Outcome:
     attempts: int = 0
 
 
-def answer_failing_fast(backend: Backend, requests: list[GenerationRequest], workers: int,
-                        on_answer: Callable[[int, Answer], None]) -> None:
-    """Like answer_all, but the first request runs alone and a model that cannot be reached at all (no key,
-    refused connection, unknown model) raises instead of failing every row one by one."""
-    if not requests:
-        return
-    try:
-        response = backend.generate(requests[0])
-        first = Answer(response.text(), finish_reason=response.finish_reason, usage=response.usage)
-    except (RemoteError, ModelError):
-        raise
-    except LlmctlError as e:
-        first = Answer(None, error=str(e))
-    on_answer(0, first)
-    answer_all(backend, requests[1:], workers, lambda i, answer: on_answer(i + 1, answer))
-
-
 def retry_text(error: str) -> str:
     return f"Your reply could not be used: {error}. Answer again, in exactly the format my previous message asked for."
 
@@ -228,10 +211,7 @@ def ask_until_parsed(backend: Backend, asks: list[Ask], params: SamplingParams, 
 
         seeded = replace(params, seed=(params.seed or 0) + attempt)
         requests = [asks[i].request(backend, seeded) for i in pending]
-        if attempt == 0:
-            answer_failing_fast(backend, requests, workers, settle)
-        else:
-            answer_all(backend, requests, workers, settle)
+        answer_all(backend, requests, workers, settle, fail_fast=attempt == 0)
         pending = sorted(retry)
         if not pending:
             break
@@ -303,7 +283,7 @@ def generate_answers(model_ref: str, items: list[PromptItem], settings: AnswerSe
             if on_progress:
                 on_progress(f"answering with {model_ref}", sum(a is not None for a in answers), len(requests))
 
-        answer_failing_fast(backend, requests, settings.workers, keep)
+        answer_all(backend, requests, settings.workers, keep, fail_fast=True)
     finally:
         backend.close()
     n = settings.samples
