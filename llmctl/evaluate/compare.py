@@ -64,17 +64,21 @@ def settle_verdict(verdict: dict[str, Any]) -> None:
         verdict["error"] = next((o["error"] for o in orders if o["error"]), "not judged")
 
 
+OUTCOMES = ("wins", "losses", "ties", "failed")  # a model's columns in the win-rate table
+
+
 def tally(rows: list[dict], models: list[str], key: str = "verdicts") -> dict[str, Any]:
     """Wins, losses, ties, failures and win rate (wins over judged comparisons) per model and per pair."""
-    per_model = {m: {"wins": 0, "losses": 0, "ties": 0, "failed": 0} for m in models}
-    per_pair = {(a, b): {"a": a, "b": b, "a_wins": 0, "b_wins": 0, "ties": 0, "failed": 0}
-                for a, b in combinations(models, 2)}
+    def blank_pair(a: str, b: str) -> dict[str, Any]:
+        return {"a": a, "b": b, "a_wins": 0, "b_wins": 0, "ties": 0, "failed": 0}
+
+    per_model = {m: dict.fromkeys(OUTCOMES, 0) for m in models}
+    per_pair = {(a, b): blank_pair(a, b) for a, b in combinations(models, 2)}
     for row in rows:
         for v in row.get(key) or []:
-            pair = per_pair.setdefault((v["a"], v["b"]), {"a": v["a"], "b": v["b"], "a_wins": 0, "b_wins": 0,
-                                                          "ties": 0, "failed": 0})
+            pair = per_pair.setdefault((v["a"], v["b"]), blank_pair(v["a"], v["b"]))
             for m in (v["a"], v["b"]):
-                per_model.setdefault(m, {"wins": 0, "losses": 0, "ties": 0, "failed": 0})
+                per_model.setdefault(m, dict.fromkeys(OUTCOMES, 0))
             winner = v.get("winner")
             if winner is None:
                 outcome = {v["a"]: "failed", v["b"]: "failed"}

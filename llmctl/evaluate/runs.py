@@ -175,10 +175,10 @@ def list_runs() -> list[dict[str, Any]]:
 def summarize_scores(rows: list[dict], names: list[str], field_name: str = "scores") -> dict[str, dict]:
     """Per criterion: mean, spread (population standard deviation), min, max, how many judged and failed."""
     figures = {}
+    failed = sum(1 for r in rows if r.get("error")) if field_name == "scores" else 0  # a failed row: every criterion
     for name in names:
         values = [r[field_name][name] for r in rows
                   if isinstance(r.get(field_name), dict) and r[field_name].get(name) is not None]
-        failed = sum(1 for r in rows if r.get("error")) if field_name == "scores" else 0
         figures[name] = {
             "mean": round(statistics.fmean(values), 4) if values else None,
             "std": round(statistics.pstdev(values), 4) if values else None,
