@@ -161,6 +161,8 @@ class Backend(ABC):
 
     name: str
     load_seconds: float = 0.0
+    # True for backends with prepare_row/decode_batch (local models): `llmctl serve` batches their requests.
+    supports_batching: bool = False
 
     def generate(self, request: GenerationRequest) -> Response:
         return Response(self.name, request, self._generate(request), self.load_seconds)

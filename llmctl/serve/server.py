@@ -35,9 +35,7 @@ class ModelServer(ThreadingHTTPServer):
         super().__init__((host, port), Handler)
         self.backends = backends
         # max_batch 1 still goes through a batcher: one request at a time, streamed as it decodes.
-        self.batchers = {name: Batcher(b, max_batch) for name, b in backends.items()
-                         if getattr(b, "supports_batching", False)}
-        self.locks = {name: threading.Lock() for name in backends}
+        self.batchers = {name: Batcher(b, max_batch) for name, b in backends.items() if b.supports_batching}
         self.api_key = api_key
         self.admitted = threading.BoundedSemaphore(max_queue)
         self.default_max_tokens = default_max_tokens
@@ -49,17 +47,10 @@ class ModelServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/v1"
 
     def start(self, model: str, request: GenerationRequest) -> Response:
-        """Begin a generation: into the model's batch queue, or straight to the backend."""
+        """Begin a generation: into a local model's batch queue, or straight to a remote model, which
+        takes concurrent requests itself."""
         batcher = self.batchers.get(model)
-        if batcher is not None:
-            return batcher.submit(request)
-        backend = self.backends[model]
-        if getattr(backend, "client", None) is not None:  # a remote model takes concurrent requests
-            return backend.generate(request)
-        with self.locks[model]:  # a local model without batching: one at a time, read to the end here
-            response = backend.generate(request)
-            response.text()
-        return response
+        return batcher.submit(request) if batcher is not None else self.backends[model].generate(request)
 
     def server_close(self) -> None:
         for batcher in self.batchers.values():  # ends running generations so no thread outlives the server
