@@ -101,7 +101,7 @@ class Answer:
 
 
 def is_remote(backend: Backend) -> bool:
-    return getattr(backend, "client", None) is not None  # the OpenAI backend holds an HTTP client
+    return backend.capabilities.remote
 
 
 def answer_one(backend: Backend, request: GenerationRequest, unreachable_raises: bool = False) -> Answer:

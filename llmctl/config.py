@@ -58,6 +58,9 @@ class HFConfig:
                          choices=("auto", "float32", "bfloat16", "float16"))
     offline: bool = setting(False, "never contact the Hugging Face Hub")
     trust_remote_code: bool = setting(False, "run model code from the Hub (only for models you trust)")
+    attn_implementation: str = setting(
+        "auto", "attention kernel (auto: flash attention on CUDA when installed, else SDPA)",
+        choices=("auto", "sdpa", "eager", "flash_attention_2"))
 
 
 @dataclass

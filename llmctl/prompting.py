@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from llmctl.backends.base import Backend, GenerationRequest, Message, Response, SamplingParams
 from llmctl.config import Config
+from llmctl.providers import capabilities_of
 from llmctl.registry import ModelEntry, Registry
 from llmctl.templates import Shot, completion_prefix
 
@@ -25,7 +26,7 @@ def resolve_entry(ref: str, base_url: str | None = None, registry: Registry | No
     registry = registry or Registry()
     if base_url:
         known = registry.get(ref)
-        if known is not None and known.provider == "openai":
+        if known is not None and capabilities_of(known).remote:
             return dataclasses.replace(known, base_url=base_url)
         remote_id = ref.removeprefix("openai:")
         return ModelEntry(name=ref, provider="openai", source=remote_id, base_url=base_url)

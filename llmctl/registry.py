@@ -19,8 +19,7 @@ from typing import Any, Iterator
 from llmctl.errors import ModelError, UsageError
 from llmctl.fsutil import atomic_write_json, file_lock
 from llmctl.paths import registry_path
-
-PROVIDERS = ("hf", "openai")
+from llmctl.providers import PROVIDERS, capabilities_of
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SMOLLM2_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -165,7 +164,7 @@ class Registry:
     def base_of(self, adapter: ModelEntry) -> ModelEntry:
         """The local full model a LoRA adapter entry sits on (to load, serve or train it further)."""
         base = self.resolve(adapter.base) if adapter.base else None
-        if base is None or base.provider != "hf" or base.adapter:
+        if base is None or not capabilities_of(base).weights or base.adapter:
             raise ModelError(f"adapter '{adapter.name}' needs a local base model, got '{adapter.base}'")
         return base
 
@@ -230,7 +229,7 @@ def make_entry(name: str, source: str, *, provider: str | None = None, base: str
     provider = provider or ("openai" if base_url else "hf")
     if provider not in PROVIDERS:
         raise UsageError(f"unknown provider '{provider}'", hint="use one of: " + ", ".join(PROVIDERS))
-    if provider == "hf" and Path(source).expanduser().exists():
+    if PROVIDERS[provider].capabilities.weights and Path(source).expanduser().exists():
         source = str(Path(source).expanduser().resolve())
         if adapter is None and (Path(source) / "adapter_config.json").is_file():
             found = entry_for_directory(Path(source), name)  # a peft adapter: base from its config

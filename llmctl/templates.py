@@ -32,6 +32,16 @@ NAMED_TEMPLATES = {"alpaca": ALPACA_TEMPLATE}
 TEMPLATE_CHOICES = ("auto", "none", *NAMED_TEMPLATES)
 
 
+def apply_entry_template(entry, tokenizer) -> bool:
+    """Give the tokenizer the chat template a registry entry asks for; True if the model takes chats."""
+    value = entry.chat_template
+    if value in NAMED_TEMPLATES:
+        tokenizer.chat_template = NAMED_TEMPLATES[value]
+    elif value not in ("auto", "none"):
+        tokenizer.chat_template = value
+    return value != "none" and bool(getattr(tokenizer, "chat_template", None))
+
+
 def check_template(value: str) -> str:
     """A registry `chat_template` value: a known name or something that looks like Jinja."""
     if value in TEMPLATE_CHOICES or "{{" in value or "{%" in value:

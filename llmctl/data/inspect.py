@@ -253,19 +253,9 @@ def duplicates(rows: list[tuple[int, dict]], fmt: str, max_similarity: float) ->
 
 def load_tokenizer(ref: str, config=None):
     """The tokenizer of a local registry model (its adapter's, if it has one)."""
-    from llmctl.backends.hf import _is_offline, _load_tokenizer
-    from llmctl.config import Config
-    from llmctl.embedded import locate_weights
-    from llmctl.registry import Registry
+    from llmctl.loading import load_tokenizer as load_model_tokenizer
 
-    registry = Registry()
-    entry = registry.resolve(ref)
-    if entry.provider != "hf":
-        raise UsageError(f"-m {ref}: token counts need a local model's tokenizer", hint="choose an hf model or a directory")
-    base = registry.base_of(entry) if entry.adapter else entry
-    config = config or Config()
-    source, _ = locate_weights(base.source, offline=_is_offline(config))
-    return _load_tokenizer(([entry.adapter] if entry.adapter else []) + [source], config)
+    return load_model_tokenizer(ref, config, doing="token counts")
 
 
 def inspect_file(path: Path, model_ref: str | None = None, examples: int = 3, max_similarity: float = 0.7,

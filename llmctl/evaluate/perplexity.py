@@ -40,9 +40,10 @@ def perplexity(model_ref: str, data: list[str], text_field: str = "text", window
     from llmctl.config import Config
     from llmctl.prompting import open_backend, resolve_entry
 
+    from llmctl.providers import require_local
+
     entry = resolve_entry(model_ref)
-    if entry.provider != "hf":
-        raise UsageError(f"perplexity needs a local model's logits; '{model_ref}' is remote ({entry.provider})")
+    require_local(entry, "perplexity")
     backend = open_backend(entry, config or Config())
     model, tokenizer = backend.model, backend.tokenizer
     window = min(window or backend.context_length, backend.context_length)

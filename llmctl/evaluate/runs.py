@@ -82,7 +82,10 @@ def record_run(kind: str, summary: dict[str, Any], save_dir, judge_entry, config
     is loaded only when asked for, after the answering models are closed, so two never share memory."""
     from llmctl.prompting import open_backend
 
-    opened = [open_backend(judge_entry, config) if judge_entry and judge_entry.provider == "openai" else None]
+    from llmctl.providers import capabilities_of
+
+    remote = judge_entry is not None and capabilities_of(judge_entry).remote
+    opened = [open_backend(judge_entry, config) if remote else None]
 
     def judge_backend():
         opened[0] = opened[0] or open_backend(judge_entry, config)

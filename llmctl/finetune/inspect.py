@@ -19,19 +19,16 @@ BINS = 10
 
 def _tokenizer_and_size(ref: str):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from llmctl.backends.hf import _quiet_transformers
-    from llmctl.embedded import locate_weights, offline_requested
-    from llmctl.registry import Registry
+    from llmctl.loading import load_model_config, load_tokenizer, local_entry, quiet_transformers
 
-    _quiet_transformers()
-    entry = Registry().resolve(ref)
-    if entry.provider != "hf" or entry.adapter:
+    quiet_transformers()
+    entry = local_entry(ref, "fine-tuning")
+    if entry.adapter:
         raise UsageError(f"cannot fine-tune '{ref}'", hint="choose a local base model (not remote, not an adapter)")
-    source, _ = locate_weights(entry.source, offline=offline_requested())
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    config = AutoConfig.from_pretrained(source)
+    tokenizer = load_tokenizer(entry)
+    config = load_model_config(entry)
     with torch.device("meta"):  # shapes only: no memory, no weights read
         model = AutoModelForCausalLM.from_config(config)
     return entry, tokenizer, config, model

@@ -93,58 +93,25 @@ class FinetuneTask:
         return None
 
 
-def load_base(ref: str, qlora: bool, continue_adapter: bool = False):
+def load_base(ref: str, qlora: bool, continue_adapter: bool = False, config=None):
     """The base model and tokenizer from the registry (only local models can be trained). With
     `continue_adapter`, `ref` may be a registered adapter: its base model comes back (attach the
     adapter with add_lora) and its tokenizer, saved with the adapter's template."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from llmctl.loading import load_local, local_entry
 
-    from llmctl.backends.hf import _quiet_transformers
-    from llmctl.embedded import locate_weights, offline_requested
-    from llmctl.registry import Registry
-
-    _quiet_transformers()
-    entry = Registry().resolve(ref)
-    if entry.provider != "hf":
-        raise UsageError(f"cannot fine-tune '{ref}': it is a remote ({entry.provider}) model",
-                         hint="fine-tune a local model: smollm2, a Hub repo (hf:...), a directory, or a pretrained GPT")
+    entry = local_entry(ref, "fine-tuning")
     if entry.adapter and not continue_adapter:
         raise UsageError(f"'{ref}' is already an adapter", hint=f"merge it first: llmctl finetune merge {ref} --out DIR")
-    weights = Registry().base_of(entry) if entry.adapter else entry
-    source, origin = locate_weights(weights.source, offline=offline_requested())
-    if entry.adapter:
-        origin = f"{origin} + adapter {entry.adapter}"
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if torch.cuda.is_available() else torch.float32}
-    if qlora:
-        if not torch.cuda.is_available():
-            raise UsageError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels); this machine has none",
-                             hint="drop --qlora: plain LoRA works on CPU")
-        try:
-            from transformers import BitsAndBytesConfig
-        except ImportError:
-            raise UsageError("QLoRA needs bitsandbytes", hint="pip install bitsandbytes") from None
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_compute_dtype=torch.bfloat16)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(entry.adapter or source)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load base model '{ref}' from {source}: {str(e).splitlines()[0]}") from None
-    return entry, model, tokenizer, origin
+    local = load_local(entry, config, adapter="skip", place=False, quantize_4bit=qlora, doing="fine-tuning")
+    return entry, local.model, local.tokenizer, local.origin
 
 
 def choose_template(entry, tokenizer) -> str:
     """The model's own chat template, or Alpaca for models without one; the adapter records which."""
-    from llmctl.templates import ALPACA_TEMPLATE, NAMED_TEMPLATES
+    from llmctl.templates import ALPACA_TEMPLATE, apply_entry_template
 
-    if entry.chat_template in NAMED_TEMPLATES:
-        tokenizer.chat_template = NAMED_TEMPLATES[entry.chat_template]
+    if apply_entry_template(entry, tokenizer):
         return entry.chat_template
-    if entry.chat_template not in ("auto", "none"):
-        tokenizer.chat_template = entry.chat_template
-        return entry.chat_template
-    if entry.chat_template == "auto" and getattr(tokenizer, "chat_template", None):
-        return "auto"
     tokenizer.chat_template = ALPACA_TEMPLATE
     return "alpaca"
 
@@ -161,7 +128,7 @@ def add_lora(model, cfg: FinetuneConfig, adapter_dir: str | None = None):
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     if adapter_dir:
-        from llmctl.backends.hf import attach_adapter
+        from llmctl.loading import attach_adapter
 
         return attach_adapter(model, adapter_dir, trainable=True)
     targets = cfg.targets or "all-linear"
@@ -206,25 +173,22 @@ def check_method(cfg: FinetuneConfig) -> None:
         raise UsageError(f"--teacher is for --method distill, not {cfg.method}")
 
 
-def load_merged(ref: str):
-    """(entry, model, tokenizer) of a local model; for an adapter, base + adapter folded into one model
-    (merge_and_unload adds each delta into the base weights in place: one copy in memory)."""
-    entry, model, tokenizer, _ = load_base(ref, qlora=False, continue_adapter=True)
-    if entry.adapter:
-        from llmctl.backends.hf import attach_adapter
+def load_merged(ref: str, config=None):
+    """(entry, model, tokenizer) of a local model; for an adapter, base + adapter folded into one model."""
+    from llmctl.loading import load_local
 
-        with torch.no_grad():
-            model = attach_adapter(model, entry.adapter).merge_and_unload()
-    return entry, model, tokenizer
+    local = load_local(ref, config, adapter="merge", place=False, doing="loading weights")
+    return local.entry, local.model, local.tokenizer
 
 
 def load_teacher(ref: str, student: str, student_tokenizer):
     """The distillation teacher (a model or an adapter, merged), once it is known to share the tokenizer."""
     from llmctl.finetune.distill import check_shared_tokenizer
+    from llmctl.providers import capabilities_of
     from llmctl.registry import Registry
 
     entry = Registry().resolve(ref)
-    if entry.provider != "hf":
+    if not capabilities_of(entry).logits:
         raise UsageError(f"--teacher {ref}: a remote ({entry.provider}) model gives no logits to distil",
                          hint="distil through text: llmctl data distill, then llmctl finetune on its file")
     _, teacher, tokenizer = load_merged(ref)

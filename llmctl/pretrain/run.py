@@ -112,9 +112,9 @@ def pretrain(cfg: PretrainConfig, note: Callable[[str], None] = lambda s: None,
     """Prepare, train, save and register; returns the summary (`--json`). Progress goes to the callbacks."""
     from accelerate import PartialState
 
-    from llmctl.backends.hf import _quiet_transformers
+    from llmctl.loading import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     cfg.train.check()
     cfg.out.mkdir(parents=True, exist_ok=True)
     state = PartialState(cpu=cpu_only())

@@ -60,19 +60,13 @@ def train_char(texts: Iterable[str]):
 
 def tokenizer_from_model(ref: str):
     """Reuse a registry model's tokenizer (so the new GPT can share it with, e.g., a teacher)."""
-    from transformers import AutoTokenizer
+    from llmctl.errors import ModelError
+    from llmctl.loading import load_tokenizer
 
-    from llmctl.embedded import locate_weights
-    from llmctl.registry import Registry
-
-    entry = Registry().resolve(ref)
-    if entry.provider != "hf":
-        raise UsageError(f"--tokenizer {ref}: only local (hf) models have a tokenizer to reuse")
-    source, _ = locate_weights(entry.adapter or entry.source, offline=False)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"--tokenizer {ref}: cannot load its tokenizer: {e}") from None
+        tokenizer = load_tokenizer(ref, doing="reusing a tokenizer (--tokenizer)")
+    except ModelError as e:
+        raise UsageError(f"--tokenizer {ref}: {e}") from None
     if tokenizer.eos_token is None:
         tokenizer.eos_token = tokenizer.pad_token or EOT
     return tokenizer

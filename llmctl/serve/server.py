@@ -35,7 +35,7 @@ class ModelServer(ThreadingHTTPServer):
         super().__init__((host, port), Handler)
         self.backends = backends
         # max_batch 1 still goes through a batcher: one request at a time, streamed as it decodes.
-        self.batchers = {name: Batcher(b, max_batch) for name, b in backends.items() if b.supports_batching}
+        self.batchers = {name: Batcher(b, max_batch) for name, b in backends.items() if b.capabilities.batching}
         self.api_key = api_key
         self.admitted = threading.BoundedSemaphore(max_queue)
         self.default_max_tokens = default_max_tokens
