@@ -6,13 +6,34 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 from dataclasses import dataclass, field
 
 from llmctl.backends.base import Backend, GenerationRequest, Message, Response, SamplingParams
 from llmctl.config import Config
+from llmctl.errors import UsageError
 from llmctl.providers import capabilities_of
 from llmctl.registry import ModelEntry, Registry
 from llmctl.templates import Shot, completion_prefix
+
+
+def read_prompt_text(text: str | None, command: str = "prompt") -> str:
+    """TEXT and stdin (when piped) joined: `cat notes.txt | llmctl prompt "Summarise:"`."""
+    piped = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
+    parts = [p for p in (text, piped.strip("\n")) if p and p.strip()]
+    if not parts:
+        raise UsageError("empty prompt" if command == "prompt" else "empty text",
+                         hint=f'pass TEXT (llmctl {command} "Hello") or pipe it on stdin')
+    return "\n\n".join(parts)
+
+
+def sampling_overrides(temperature=None, top_p=None, top_k=None, seed=None, max_tokens=None, repetition_penalty=None,
+                       timeout=None, retries=None, system=None, model=None) -> dict:
+    """The sampling and connection flags `prompt` and `chat` share, as config keys (None: not given)."""
+    return {"sampling.temperature": temperature, "sampling.top_p": top_p, "sampling.top_k": top_k,
+            "sampling.seed": seed, "sampling.max_tokens": max_tokens,
+            "sampling.repetition_penalty": repetition_penalty, "openai.timeout": timeout,
+            "openai.retries": retries, "system": system, "model": model}
 
 
 def sampling_params(config: Config, stop: list[str] | None = None) -> SamplingParams:
@@ -108,3 +129,11 @@ def start_conversation(config: Config, resume: bool, *, model_given: bool, syste
     if system_given or conversation.system is None:
         conversation.system = config.system
     return conversation
+
+
+def start_session(config: Config, resume: bool, *, model_given: bool, system_given: bool,
+                  base_url: str | None = None) -> tuple[Conversation, ModelEntry]:
+    """What `prompt` and `chat` do before loading the model: the conversation (new or continued,
+    which may choose the model) and the registry entry to open."""
+    conversation = start_conversation(config, resume, model_given=model_given, system_given=system_given)
+    return conversation, resolve_entry(config.model, base_url)

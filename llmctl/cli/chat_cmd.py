@@ -10,7 +10,6 @@ import typer
 from llmctl.cli.options import (BaseUrlOpt, MaxTokensOpt, ModelOpt, RepetitionOpt, RetriesOpt, SeedOpt, StopOpt,
                                 SystemOpt, TemperatureOpt, TimeoutOpt, TopKOpt, TopPOpt, state)
 from llmctl.cli.output import err
-from llmctl.cli.prompt_cmd import sampling_flags
 
 
 def _enable_line_editing() -> None:
@@ -40,13 +39,13 @@ def chat(
     """Chat with a model. Type /help inside for commands (/system, /set, /reset, /save, /load, /exit)."""
     from llmctl.chat import ChatSession, run_repl
     from llmctl.logs import LogStore
-    from llmctl.prompting import open_backend, resolve_entry, sampling_params, start_conversation
+    from llmctl.prompting import open_backend, sampling_overrides, sampling_params, start_session
 
-    cfg = state(ctx).config(sampling_flags(temperature, top_p, top_k, seed, max_tokens, repetition_penalty,
-                                           timeout, retries, system, model)).config
+    cfg = state(ctx).config(sampling_overrides(temperature, top_p, top_k, seed, max_tokens, repetition_penalty,
+                                               timeout, retries, system, model)).config
     store = LogStore() if cfg.log.enabled and not no_log else None
-    conversation = start_conversation(cfg, continue_, model_given=model is not None, system_given=system is not None)
-    entry = resolve_entry(cfg.model, base_url)
+    conversation, entry = start_session(cfg, continue_, model_given=model is not None,
+                                        system_given=system is not None, base_url=base_url)
     with err.status(f"loading {entry.name}…", spinner="dots"):
         backend = open_backend(entry, cfg)
     session = ChatSession(backend, entry, sampling_params(cfg, stop), conversation, store)

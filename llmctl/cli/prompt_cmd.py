@@ -12,24 +12,6 @@ import typer
 from llmctl.cli.options import (BaseUrlOpt, JsonOpt, MaxTokensOpt, ModelOpt, RepetitionOpt, RetriesOpt, SeedOpt,
                                 StopOpt, SystemOpt, TemperatureOpt, TimeoutOpt, TopKOpt, TopPOpt, state)
 from llmctl.cli.output import err, print_json
-from llmctl.errors import UsageError
-
-
-def read_prompt_text(text: str | None) -> str:
-    """TEXT and stdin (when piped) joined: `cat notes.txt | llmctl prompt "Summarise:"`."""
-    piped = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
-    parts = [p for p in (text, piped.strip("\n")) if p and p.strip()]
-    if not parts:
-        raise UsageError("empty prompt", hint='pass TEXT (llmctl prompt "Hello") or pipe it on stdin')
-    return "\n\n".join(parts)
-
-
-def sampling_flags(temperature, top_p, top_k, seed, max_tokens, repetition_penalty, timeout, retries,
-                   system=None, model=None) -> dict:
-    return {"sampling.temperature": temperature, "sampling.top_p": top_p, "sampling.top_k": top_k,
-            "sampling.seed": seed, "sampling.max_tokens": max_tokens,
-            "sampling.repetition_penalty": repetition_penalty, "openai.timeout": timeout,
-            "openai.retries": retries, "system": system, "model": model}
 
 
 def prompt(
@@ -62,19 +44,18 @@ def prompt(
     llmctl prompt --raw --top-probs 10 "The Eiffel Tower is located in"
     """
     from llmctl.logs import LogStore
-    from llmctl.prompting import (build_request, log_exchange, start_conversation,
-                                  open_backend, resolve_entry, sampling_params)
+    from llmctl.prompting import (build_request, log_exchange, open_backend, read_prompt_text, sampling_overrides,
+                                  sampling_params, start_session)
     from llmctl.templates import load_shots
 
     body = read_prompt_text(text)
-    settings = state(ctx).config(sampling_flags(temperature, top_p, top_k, seed, max_tokens, repetition_penalty,
-                                                timeout, retries, system, model))
-    cfg = settings.config
+    cfg = state(ctx).config(sampling_overrides(temperature, top_p, top_k, seed, max_tokens, repetition_penalty,
+                                               timeout, retries, system, model)).config
     log_enabled = cfg.log.enabled and not no_log
-    conversation = start_conversation(cfg, continue_, model_given=model is not None, system_given=system is not None)
+    conversation, entry = start_session(cfg, continue_, model_given=model is not None,
+                                        system_given=system is not None, base_url=base_url)
     if shots is not None:
         conversation.shots = load_shots(shots)
-    entry = resolve_entry(cfg.model, base_url)
     with err.status(f"loading {entry.name}…", spinner="dots") if not json_out else nullcontext():
         backend = open_backend(entry, cfg)
     try:
