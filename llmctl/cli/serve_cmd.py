@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import threading
 from typing import Annotated, Optional
 
 import typer
@@ -23,23 +21,13 @@ def serve(
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Requests a local model decodes together (1 = one at a time).")] = 8,
 ) -> None:
     """Serve models over the OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /health."""
-    from llmctl.prompting import open_backend, resolve_entry
+    from llmctl.serve.run import open_models, serve_until_stopped
     from llmctl.serve.server import ModelServer
 
     cfg = state(ctx).config().config
     key = api_key or os.environ.get("LLMCTL_SERVE_API_KEY")
-    backends = {}
-    for ref in model:
-        with err.status(f"loading {ref}…"):
-            backends[ref] = open_backend(resolve_entry(ref), cfg)
+    backends = open_models(model, cfg, loading=lambda ref: err.status(f"loading {ref}…"))
     server = ModelServer(backends, host, port, key, max_queue, cfg.sampling.max_tokens, max_batch)
-    # SIGTERM: stop accepting, finish what is running, exit 0 (what process managers expect).
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     err.print(f"serving {', '.join(backends)} at [bold]{server.url}[/]" + (" (API key required)" if key else "")
               + " — Ctrl-C to stop")
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
-        for backend in backends.values():
-            backend.close()
+    serve_until_stopped(server, backends)
