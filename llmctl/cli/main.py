@@ -10,14 +10,40 @@ from typing import Annotated, Optional
 import typer
 
 from llmctl import __version__
-from llmctl.cli import chat_cmd, config_cmd, data_cmd, eval_cmd, finetune_cmd, logs_cmd, models_cmd, prefs_cmd, pretrain_cmd, prompt_cmd, serve_cmd
+from llmctl.cli.lazy_group import LazyCommand, LazyGroup
 from llmctl.cli.options import AppState
+
+# Every command, in --help order. A command's module is imported only when it runs, shows its help
+# or is completed; the help here is what the root's --help lists (tests check it against the module).
+COMMANDS = {
+    "prompt": LazyCommand("llmctl.cli.prompt_cmd:prompt", "Send a prompt to a model and stream the response."),
+    "chat": LazyCommand("llmctl.cli.chat_cmd:chat", "Chat with a model. Type /help inside for commands (/system, /set, /reset, /save, /load, /exit)."),
+    "pretrain": LazyCommand("llmctl.cli.pretrain_cmd:pretrain", "Pretrain a GPT on your text: tokenizer, token shards, self-supervised next-token training."),
+    "serve": LazyCommand("llmctl.cli.serve_cmd:serve", "Serve models over the OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /health."),
+    "eval": LazyCommand("llmctl.cli.eval_cmd:app", "Test models: perplexity, exact match, LLM as a judge, side-by-side comparison."),
+    "finetune": LazyCommand("llmctl.cli.finetune_cmd:app", "LoRA fine-tuning of a local model (supervised, --method dpo, --method distill); `finetune merge` folds an adapter in."),
+    "data": LazyCommand("llmctl.cli.data_cmd:app", "Make and check training data: generate, distill, prefs, inspect.",
+                        subcommands=(("prefs", "llmctl.cli.prefs_cmd:prefs"),)),
+    "models": LazyCommand("llmctl.cli.models_cmd:app", "List, show, add, alias and remove registry models."),
+    "config": LazyCommand("llmctl.cli.config_cmd:app", "Show, get and set configuration."),
+    "logs": LazyCommand("llmctl.cli.logs_cmd:app", "Browse the log of prompts and responses."),
+}
+
+
+class RootGroup(LazyGroup):
+    """The root group over COMMANDS."""
+
+    table = COMMANDS
+
 
 app = typer.Typer(
     name="llmctl",
     help="Prompt, fine-tune and pretrain language models. Every command takes --help.",
+    cls=RootGroup,
     no_args_is_help=True,
-    add_completion=False,
+    # Plain help: typer's rich help renderer costs more to import than typer itself, and shows a
+    # <bool> placeholder after every flag.
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
 
@@ -38,26 +64,19 @@ def root(
     ctx.obj = AppState(config_file=config, debug=debug)
 
 
-app.command("prompt")(prompt_cmd.prompt)
-app.command("chat")(chat_cmd.chat)
-app.command("pretrain")(pretrain_cmd.pretrain)
-app.command("serve")(serve_cmd.serve)
-app.add_typer(eval_cmd.app, name="eval", help="Test models: perplexity, exact match, LLM as a judge, side-by-side comparison.")
-app.add_typer(finetune_cmd.app, name="finetune", help="LoRA fine-tuning of a local model (supervised, --method dpo, --method distill); `finetune merge` folds an adapter in.")
-app.add_typer(data_cmd.app, name="data", help="Make and check training data: generate, distill, prefs, inspect.")
-app.add_typer(models_cmd.app, name="models", help="List, show, add, alias and remove registry models.")
-app.add_typer(config_cmd.app, name="config", help="Show, get and set configuration.")
-app.add_typer(logs_cmd.app, name="logs", help="Browse the log of prompts and responses.")
-data_cmd.app.command("prefs")(prefs_cmd.prefs)
-
-
 def _debugging(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("LLMCTL_DEBUG", "") not in ("", "0")
 
 
+def error_line(message: str) -> None:
+    # Imported on the way out: rich's console takes a third of the time `llmctl --help` may take.
+    from llmctl.cli.output import error_line as print_error
+
+    print_error(message)
+
+
 def run(argv: list[str] | None = None) -> None:
     """Entry point: one clear line on stderr and a documented exit code for every failure."""
-    from llmctl.cli.output import error_line
     from llmctl.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, LlmctlError
 
     argv = sys.argv[1:] if argv is None else list(argv)

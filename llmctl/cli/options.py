@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from llmctl.config import ResolvedConfig, resolve_config
+if TYPE_CHECKING:
+    from llmctl.config import ResolvedConfig
 
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model: registry name or alias, openai:MODEL, hf:REPO_OR_PATH, or a model directory. Default: config 'model' (smollm2).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
@@ -32,6 +33,8 @@ class AppState:
         self.debug = debug
 
     def config(self, flags: dict | None = None) -> ResolvedConfig:
+        from llmctl.config import resolve_config  # the root parses this state for every command, --help too
+
         return resolve_config(flags, self.config_file)
 
 

@@ -12,7 +12,7 @@ from llmctl.cli.output import err, out, print_json
 
 
 def prefs(
-    runs: Annotated[list[str], typer.Argument(metavar="RUN...", help="Saved eval runs: ids (see `llmctl eval list`) or directories.")],
+    runs: Annotated[list[str], typer.Argument(metavar="RUN", help="Saved eval runs: ids (see `llmctl eval list`) or directories.")],
     output: Annotated[Path, typer.Option("--out", "-o", help="Preference file to write (JSONL).")],
     min_margin: Annotated[float, typer.Option("--min-margin", min=0.0, help="Judge runs: skip pairs whose mean scores differ by less.")] = 0.0,
     source: Annotated[str, typer.Option("--source", help="auto (a person's verdict where there is one, else the judge's), judge, or human.")] = "auto",
