@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llmctl.errors import UsageError
+from llmctl.fsutil import file_lock
 from llmctl.paths import logs_db_path
 
 # Substrings, matched case-insensitively against keys: "openai_api_key" and "Authorization" both go.
@@ -76,6 +77,17 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
+def _in_wal_mode(path: Path) -> bool:
+    """Whether the file's header says WAL (bytes 18-19 are 2, sqlite.org/fileformat.html), read without
+    SQLite, so the check cannot get in the way of a process switching a new database to WAL."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    return header[:16] == b"SQLite format 3\x00" and header[18:20] == b"\x02\x02"
+
+
 class LogStore:
     """One log database; every method opens and closes its own connection, so a store is cheap to keep."""
 
@@ -114,14 +126,32 @@ class LogStore:
             db.close()
 
     def _migrate(self, migrations: list[Callable[[sqlite3.Connection], None]]) -> None:
+        if _in_wal_mode(self.path) and self._is_current(migrations):
+            return  # the common case: no lock of any kind
+        # Creation, the WAL switch and the migrations happen one process at a time, under a lock file.
+        # SQLite's busy timeout does not cover the WAL switch: it fails at once with "database is locked"
+        # while another process has the new file open, so two first prompts at the same moment could fail.
+        try:
+            with file_lock(self.path.with_name(self.path.name + ".lock")):
+                self._migrate_locked(migrations)
+        except OSError as e:  # the lock file could not be created: the folder is not writable
+            raise self._unusable(e) from None
+
+    def _is_current(self, migrations: list[Callable[[sqlite3.Connection], None]]) -> bool:
+        with self._connect() as db:
+            try:
+                return not {m.__name__ for m in migrations} - self._applied(db)
+            except sqlite3.OperationalError:  # no _migrations table yet
+                return False
+
+    def _migrate_locked(self, migrations: list[Callable[[sqlite3.Connection], None]]) -> None:
         with self._connect() as db:
             # WAL lets readers and a writer work at once; the setting is stored in the file.
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)")
-            if not {m.__name__ for m in migrations} - self._applied(db):
-                return  # the common case: no write lock taken
             for migration in migrations:
-                db.execute("BEGIN IMMEDIATE")  # one process migrates at a time; the others then see it done
+                # IMMEDIATE: a process of an earlier version, which migrates without the lock file, waits.
+                db.execute("BEGIN IMMEDIATE")
                 try:
                     if migration.__name__ not in self._applied(db):
                         migration(db)

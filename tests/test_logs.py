@@ -17,6 +17,7 @@ import llmctl.logs
 from llmctl.cli.main import app, run
 from llmctl.errors import UsageError
 from llmctl.logs import MIGRATIONS, LogStore, scrub
+from tests.processes import run_released_together
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,6 +176,27 @@ def test_two_processes_logging_at_once():
     for r in reversed(rows):
         by_conversation.setdefault(r["conversation_id"], []).append(r["prompt"])
     assert list(by_conversation.values()) == [[str(i) for i in range(20)]] * 2
+
+
+FIRST_USE = """
+from llmctl.logs import LogStore
+released()
+worker = _sys.argv[2]
+store = LogStore()
+store.log(conversation_id=store.new_conversation("m"), model="m", provider="hf", system=None, prompt=worker,
+          messages=[], rendered_prompt=worker, response="r", params={}, finish_reason="stop", usage={}, timings={})
+"""
+
+
+def test_eight_processes_first_use_at_the_same_moment(home, tmp_path):
+    """Eight processes create, switch to WAL, migrate and write one fresh database at the same moment."""
+    results = run_released_together(FIRST_USE, 8, tmp_path / "gate")
+    assert [code for code, _ in results] == [0] * 8, results
+    store = LogStore()
+    assert sorted(r["prompt"] for r in store.recent(100)) == [str(i) for i in range(8)]
+    assert store.applied_migrations() == [m.__name__ for m in MIGRATIONS]
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 # -- the CLI --------------------------------------------------------------------------------------------

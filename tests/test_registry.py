@@ -12,6 +12,7 @@ import pytest
 
 from llmctl.errors import ModelError, UsageError
 from llmctl.registry import BUILTINS, Registry, make_entry
+from tests.processes import run_released_together
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,3 +120,23 @@ def test_concurrent_processes_lose_nothing():
     assert {f"w{w}-{i}" for w in range(4) for i in range(15)} <= names
     assert len(registry.aliases()) == 60
     assert set(BUILTINS) <= names
+
+
+FIRST_USE = """
+from llmctl.registry import Registry, make_entry
+released()
+worker = _sys.argv[2]
+for i in range(3):
+    Registry().add(make_entry(f"first-{worker}-{i}", "openai:model"))
+    Registry().entries()  # a reader between the writers must never meet a half-written file
+"""
+
+
+def test_eight_processes_register_on_a_fresh_home_at_the_same_moment(tmp_path):
+    """The home folder, the lock file and the first registry.json are all created by racing processes."""
+    registry = Registry()
+    assert not registry.path.parent.exists()
+    results = run_released_together(FIRST_USE, 8, tmp_path / "gate")
+    assert [code for code, _ in results] == [0] * 8, results
+    names = {e.name for e in registry.entries()}
+    assert {f"first-{w}-{i}" for w in range(8) for i in range(3)} | set(BUILTINS) == names

@@ -14,14 +14,14 @@ from typing import Any, Callable
 from llmctl.errors import LlmctlError, UsageError
 from llmctl.fsutil import atomic_write_json, atomic_write_text
 from llmctl.jsonl import append_jsonl, jsonl_line
-from llmctl.paths import llmctl_home
+from llmctl.paths import eval_runs_dir
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
 
 
 def evals_dir() -> Path:
-    return llmctl_home() / "evals"
+    return eval_runs_dir()
 
 
 def now_iso() -> str:
