@@ -1,6 +1,6 @@
 """The one typed configuration, merged from every source in one place.
 
-Precedence, lowest first: built-in defaults < user file ($LLMCTL_HOME/config.toml) < project file
+Precedence, lowest first: built-in defaults < user file (`llmctl config path`) < project file
 (./llmctl.toml) < --config FILE < environment (LLMCTL_*, OPENAI_API_KEY, OPENAI_BASE_URL) <
 command-line flags. `resolve_config` records where every value came from, for `config show`.
 """
@@ -65,7 +65,7 @@ class HFConfig:
 
 @dataclass
 class LogConfig:
-    enabled: bool = setting(True, "log every prompt and response to $LLMCTL_HOME/logs.db")
+    enabled: bool = setting(True, "log every prompt and response to logs.db in the user data dir (or LLMCTL_HOME)")
 
 
 @dataclass

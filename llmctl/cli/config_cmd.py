@@ -60,7 +60,7 @@ def get(ctx: typer.Context, key: Annotated[str, typer.Argument(help="Dotted key,
 def set_(key: Annotated[str, typer.Argument(help="Dotted key, e.g. sampling.temperature.")],
          value: Annotated[str, typer.Argument(help="New value ('none' clears an optional setting).")],
          project: ProjectOpt = False, file: FileOpt = None) -> None:
-    """Set a value in the user config file ($LLMCTL_HOME/config.toml) or, with --project, ./llmctl.toml."""
+    """Set a value in the user config file (`llmctl config path`) or, with --project, ./llmctl.toml."""
     path = _target(project, file)
     stored = set_config_value(path, key, value)
     print(f"{key} = {fmt_value(stored)}  ({path})")
