@@ -15,7 +15,8 @@ from typing import Callable, Iterator
 import torch
 
 from llmctl.backends.base import Chunk, GenerationRequest, TokenInfo
-from llmctl.sampling import IncrementalDetokenizer, StopMatcher, apply_repetition_penalty, sample_next
+from llmctl.backends.detokenize import StreamDetokenizer
+from llmctl.sampling import StopMatcher, apply_repetition_penalty, sample_next
 
 
 @dataclass
@@ -30,7 +31,7 @@ class DecodeRow:
     produced: int = 0
     generator: torch.Generator | None = None
     seen: torch.Tensor | None = None
-    detok: IncrementalDetokenizer | None = field(default=None, repr=False)
+    detok: StreamDetokenizer | None = field(default=None, repr=False)
     stops: StopMatcher | None = None
 
     def start(self, device: torch.device) -> None:
@@ -39,12 +40,13 @@ class DecodeRow:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed) if seed is not None else self.generator.seed()
         self.seen = torch.tensor(self.prompt_ids, device=device)
-        self.detok, self.stops = IncrementalDetokenizer(self.tokenizer), StopMatcher(self.request.params.stop)
+        self.detok, self.stops = StreamDetokenizer(self.tokenizer), StopMatcher(self.request.params.stop)
 
     def final(self, finish: str) -> Chunk:
-        # After a stop string nothing is pending; at EOS or the length limit, text held back as a
-        # possible start of a stop string is part of the answer.
-        return Chunk(text=self.stops.flush(), finish_reason=finish,
+        # After a stop string nothing is pending; at EOS or the length limit, text held back (an
+        # unfinished character, a possible start of a stop string) is part of the answer.
+        text, hit = self.stops.feed(self.detok.flush())
+        return Chunk(text=text if hit else text + self.stops.flush(), finish_reason="stop" if hit else finish,
                      usage={"prompt_tokens": len(self.prompt_ids), "completion_tokens": self.produced})
 
 
@@ -68,10 +70,21 @@ def _pick(row: DecodeRow, logits: torch.Tensor, eos_ids: set[int],
     return token, chunks
 
 
+def _forward_parameters(model) -> set[str]:
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps forward(**kwargs)
+    return set(inspect.signature(core.forward).parameters)
+
+
 def cache_argument(model) -> str:
     """transformers 5 names the KV cache `cache`; 4.x (and 5.x until 5.40, deprecated) `past_key_values`."""
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps forward(**kwargs)
-    return "cache" if "cache" in inspect.signature(core.forward).parameters else "past_key_values"
+    return "cache" if "cache" in _forward_parameters(model) else "past_key_values"
+
+
+def last_logits_only(model) -> dict[str, int]:
+    """The forward argument that computes logits for the last position only: without it the prefill
+    makes a vocabulary-sized row for every prompt token. Left padding keeps every row's last token last."""
+    # Every transformers model since 4.50 takes it; a model with its own (remote) code may not.
+    return {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(model) else {}
 
 
 @torch.inference_mode()
@@ -93,10 +106,10 @@ def decode_rows(model, rows: list[DecodeRow], device: torch.device, pad_id: int,
     mask = torch.tensor([[0] * (longest - len(rows[i].prompt_ids)) + [1] * len(rows[i].prompt_ids) for i in live],
                         device=device) if needs_mask else None
     positions = (mask.cumsum(-1) - 1).clamp(min=0) if needs_mask else None
-    past, cache_name = None, cache_argument(model)
+    past, cache_name, last_only = None, cache_argument(model), last_logits_only(model)
     while live:
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                    **{cache_name: past})
+                    **{cache_name: past}, **last_only)
         past = getattr(out, cache_name)
         keep, tokens = [], []
         for slot, i in enumerate(live):
