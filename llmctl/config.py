@@ -3,6 +3,11 @@
 Precedence, lowest first: built-in defaults < user file (`llmctl config path`) < project file
 (./llmctl.toml) < --config FILE < environment (LLMCTL_*, OPENAI_API_KEY, OPENAI_BASE_URL) <
 command-line flags. `resolve_config` records where every value came from, for `config show`.
+
+A project file comes with whatever folder you are in (a cloned repository, say), so it may not grant
+trust or route credentials: settings marked `trusted` (running remote code, the URL that receives your
+API key, the trust list itself) are taken from it only if you trusted that folder yourself with
+`llmctl config trust`, which records it in your own config file, as git's safe.directory does.
 """
 
 from __future__ import annotations
@@ -25,9 +30,13 @@ REDACTED = "***"
 
 
 def setting(default: Any, help: str, *, choices: tuple = (), min: float | None = None,
-            max: float | None = None, secret: bool = False, env: tuple[str, ...] = ()):
-    """A config field with what `config show`, validation and the environment need to know."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "secret": secret, "env": env}
+            max: float | None = None, secret: bool = False, env: tuple[str, ...] = (), trusted: bool = False):
+    """A config field with what `config show`, validation and the environment need to know. `trusted`:
+    the setting grants trust or routes credentials, so an untrusted project file may not set it."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "secret": secret, "env": env,
+            "trusted": trusted}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -45,8 +54,8 @@ class SamplingConfig:
 class OpenAIConfig:
     api_key: Optional[str] = setting(None, "API key (read from OPENAI_API_KEY; never written by llmctl)",
                                      secret=True, env=("OPENAI_API_KEY",))
-    base_url: Optional[str] = setting(None, "OpenAI-compatible server URL (default: api.openai.com)",
-                                      env=("OPENAI_BASE_URL",))
+    base_url: Optional[str] = setting(None, "OpenAI-compatible server URL (default: api.openai.com); it receives the API key",
+                                      env=("OPENAI_BASE_URL",), trusted=True)
     timeout: float = setting(60.0, "seconds to wait for a response", min=0.1)
     retries: int = setting(2, "retries with backoff on 429, 5xx and connection errors", min=0, max=20)
 
@@ -57,7 +66,7 @@ class HFConfig:
     dtype: str = setting("auto", "weights dtype for local models (auto: bfloat16 on GPU, float32 on CPU)",
                          choices=("auto", "float32", "bfloat16", "float16"))
     offline: bool = setting(False, "never contact the Hugging Face Hub")
-    trust_remote_code: bool = setting(False, "run model code from the Hub (only for models you trust)")
+    trust_remote_code: bool = setting(False, "run model code from the Hub (only for models you trust)", trusted=True)
     attn_implementation: str = setting(
         "auto", "attention kernel (auto: flash attention on CUDA when installed, else SDPA)",
         choices=("auto", "sdpa", "eager", "flash_attention_2"))
@@ -69,6 +78,12 @@ class LogConfig:
 
 
 @dataclass
+class TrustConfig:
+    projects: list[str] = setting([], "folders whose ./llmctl.toml may set trusted settings (llmctl config trust)",
+                                  trusted=True)
+
+
+@dataclass
 class Config:
     model: str = setting("smollm2", "default model reference")
     system: Optional[str] = setting(None, "default system prompt")
@@ -76,6 +91,7 @@ class Config:
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
     hf: HFConfig = field(default_factory=HFConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
 
     def get(self, key: str) -> Any:
         obj: Any = self
@@ -96,6 +112,7 @@ class SettingSpec:
     max: float | None
     secret: bool
     env: tuple[str, ...]
+    trusted: bool
 
     @property
     def env_names(self) -> tuple[str, ...]:
@@ -113,9 +130,11 @@ def _collect_specs(cls: type, prefix: str = "") -> dict[str, SettingSpec]:
             continue
         nullable = get_origin(hint) is not None and type(None) in get_args(hint)
         base = next(a for a in get_args(hint) if a is not type(None)) if nullable else hint
+        base = list if get_origin(base) is list else base  # list[str]: the only list kind we have
         m = f.metadata
-        specs[prefix + f.name] = SettingSpec(prefix + f.name, base, nullable, f.default, m["help"],
-                                             m["choices"], m["min"], m["max"], m["secret"], m["env"])
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        specs[prefix + f.name] = SettingSpec(prefix + f.name, base, nullable, default, m["help"], m["choices"],
+                                             m["min"], m["max"], m["secret"], m["env"], m["trusted"])
     return specs
 
 
@@ -143,7 +162,8 @@ def spec_for(key: str, where: str) -> SettingSpec:
 def _describe(spec: SettingSpec) -> str:
     if spec.choices:
         return "one of " + ", ".join(spec.choices)
-    kind = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}[spec.type]
+    kind = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+            list: "a list of strings"}[spec.type]
     if spec.min is not None and spec.max is not None:
         kind += f" from {spec.min:g} to {spec.max:g}"
     elif spec.min is not None:
@@ -154,6 +174,11 @@ def _describe(spec: SettingSpec) -> str:
 def coerce(spec: SettingSpec, value: Any, where: str) -> Any:
     """Check and convert `value` (from TOML, the environment or a flag) to the setting's type."""
     bad = ConfigError(f"{where}: '{spec.key}' must be {_describe(spec)}, got {value!r}")
+    if spec.type is list:  # from TOML a list; from the environment or a flag, paths joined by os.pathsep
+        items = [p for p in value.split(os.pathsep) if p] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise bad
+        return items
     if isinstance(value, str) and spec.type is not str:
         text = value.strip().lower()
         if spec.nullable and text in ("", "none", "null"):
@@ -221,6 +246,7 @@ def read_toml_file(path: Path) -> dict[str, Any]:
 class ResolvedConfig:
     config: Config
     sources: dict[str, str]  # key -> "default", a file path, "env NAME" or "flag"
+    ignored: dict[str, str] = field(default_factory=dict)  # key -> why a file's value was not used
 
     def rows(self, redact: bool = True) -> list[tuple[str, Any, str]]:
         out = []
@@ -232,11 +258,13 @@ class ResolvedConfig:
         return out
 
 
-def config_files(explicit: Path | None) -> list[Path]:
-    """The files that take part, lowest precedence first (missing optional files are skipped)."""
-    files = [p for p in (user_config_path(), Path.cwd() / PROJECT_FILE) if p.is_file()]
+def config_files(explicit: Path | None) -> list[tuple[Path, bool]]:
+    """The files that take part, lowest precedence first (missing optional files are skipped), each
+    with whether it is the project file found in the current folder (rather than one the user chose)."""
+    files = [(p, is_project) for p, is_project in ((user_config_path(), False), (_project_path(), True))
+             if p.is_file()]
     if explicit is not None:
-        files.append(Path(explicit))  # an explicit file must exist: read_toml_file says so if not
+        files.append((Path(explicit), False))  # an explicit file must exist: read_toml_file says so if not
     return files
 
 
@@ -247,8 +275,16 @@ def resolve_config(flags: dict[str, Any] | None = None, config_file: Path | None
     sources = {key: "default" for key in _specs()}
     if config_file is None and environ.get("LLMCTL_CONFIG"):
         config_file = Path(environ["LLMCTL_CONFIG"])
-    for path in config_files(config_file):
-        for key, value in read_toml_file(path).items():
+    files = [(path, is_project, read_toml_file(path)) for path, is_project in config_files(config_file)]
+    ignored: dict[str, str] = {}
+    trusted = trusted_projects([flat for _, is_project, flat in files if not is_project], environ)
+    for path, is_project, flat in files:
+        untrusted = is_project and path.parent.resolve() not in trusted
+        for key, value in flat.items():
+            if untrusted and _specs()[key].trusted:
+                ignored[key] = (f"{path} sets it, but that folder is not trusted "
+                                f"(run 'llmctl config trust' there if you trust it)")
+                continue
             values[key], sources[key] = value, str(path)
     for key, spec in _specs().items():
         for name in reversed(spec.env_names):  # reversed: the first name is applied last and wins
@@ -259,7 +295,34 @@ def resolve_config(flags: dict[str, Any] | None = None, config_file: Path | None
         if value is not None:
             values[key] = coerce(spec_for(key, "command line"), value, "command line")
             sources[key] = "flag"
-    return ResolvedConfig(_build(Config, values), sources)
+    return ResolvedConfig(_build(Config, values), sources, ignored)
+
+
+def _project_path() -> Path:
+    return Path.cwd() / PROJECT_FILE
+
+
+def trusted_projects(user_files: list[dict[str, Any]], environ) -> set[Path]:
+    """Folders the user trusted, from their own files (user config, --config) and environment: a
+    project file cannot vouch for itself."""
+    spec = _specs()["trust.projects"]
+    folders: list[str] = []
+    for flat in user_files:
+        folders += flat.get("trust.projects", [])
+    for name in spec.env_names:
+        if name in environ:
+            folders += coerce(spec, environ[name], f"environment variable {name}")
+    return {Path(f).expanduser().resolve() for f in folders}
+
+
+def trust_project(user_file: Path, folder: Path, remove: bool = False) -> list[str]:
+    """Add (or remove) a folder in the user config file's trust list; returns the new list."""
+    flat = read_toml_file(user_file) if user_file.is_file() else {}
+    folder_text = str(Path(folder).expanduser().resolve())
+    current = [f for f in flat.get("trust.projects", []) if f != folder_text]
+    flat["trust.projects"] = current if remove else current + [folder_text]
+    atomic_write_text(user_file, dump_toml(flat))
+    return flat["trust.projects"]
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:

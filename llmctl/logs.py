@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llmctl.errors import UsageError
-from llmctl.fsutil import file_lock
+from llmctl.fsutil import file_lock, private_dir, private_file
 from llmctl.paths import logs_db_path
 
 # Substrings, matched case-insensitively against keys: "openai_api_key" and "Authorization" both go.
@@ -109,7 +109,8 @@ class LogStore:
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
+            private_file(self.path)  # sqlite would create it with the umask's mode (0644): every prompt is in it
             # timeout: a second process writing at the same moment waits instead of failing.
             # isolation_level=None: autocommit, so transactions are exactly the BEGINs written here.
             db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from llmctl.errors import ModelError, UsageError
-from llmctl.fsutil import atomic_write_json, file_lock
+from llmctl.fsutil import atomic_write_json, file_lock, private_dir
 from llmctl.paths import registry_path
 from llmctl.providers import PROVIDERS, capabilities_of
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -109,6 +109,7 @@ class Registry:
     @contextmanager
     def _editing(self) -> Iterator[dict[str, Any]]:
         """Read-modify-write under the lock; the new file replaces the old one atomically."""
+        private_dir(self.path.parent)
         with file_lock(self.lock_path):
             data = self._read()
             yield data

@@ -9,7 +9,7 @@ import typer
 
 from llmctl.cli.options import JsonOpt, state
 from llmctl.cli.output import fmt_value, out, print_json
-from llmctl.config import PROJECT_FILE, REDACTED, set_config_value, spec_for
+from llmctl.config import PROJECT_FILE, REDACTED, set_config_value, spec_for, trust_project
 from llmctl.paths import user_config_path
 
 app = typer.Typer(no_args_is_help=True)
@@ -27,9 +27,12 @@ def _target(project: bool, file: Path | None) -> Path:
 @app.command("show")
 def show(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """Every setting's resolved value and its source (default, a file, env or flag). Secrets are redacted."""
-    rows = state(ctx).config().rows(redact=True)
+    resolved = state(ctx).config()
+    rows = resolved.rows(redact=True)
     if json_out:
-        print_json({key: {"value": value, "source": source} for key, value, source in rows})
+        print_json({key: {"value": value, "source": source, **({"ignored": resolved.ignored[key]}
+                                                                if key in resolved.ignored else {})}
+                    for key, value, source in rows})
         return
     from rich.table import Table
 
@@ -37,8 +40,28 @@ def show(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     for column in ("key", "value", "source", "meaning"):
         table.add_column(column, overflow="fold")
     for key, value, source in rows:
+        if key in resolved.ignored:
+            source += f" (ignored: {resolved.ignored[key]})"
         table.add_row(key, fmt_value(value), source, spec_for(key, "config show").help, style="dim" if source == "default" else "")
     out.print(table)
+
+
+@app.command("trust")
+def trust(folder: Annotated[Optional[Path], typer.Argument(help="The folder whose llmctl.toml you trust (default: this one).")] = None,
+          remove: Annotated[bool, typer.Option("--remove", help="Stop trusting it.")] = False,
+          json_out: JsonOpt = False) -> None:
+    """Let a folder's ./llmctl.toml set trusted settings (hf.trust_remote_code, openai.base_url), as git's
+    safe.directory does; recorded in your user config file."""
+    target = (folder or Path.cwd()).expanduser().resolve()
+    if not target.is_dir():
+        from llmctl.errors import UsageError
+
+        raise UsageError(f"{target} is not a folder")
+    trusted = trust_project(user_config_path(), target, remove=remove)
+    if json_out:
+        print_json({"folder": str(target), "trusted": not remove, "projects": trusted})
+    else:
+        print(f"{'no longer trusted' if remove else 'trusted'}: {target}  ({user_config_path()})")
 
 
 @app.command("get")

@@ -31,11 +31,19 @@ class AppState:
     def __init__(self, config_file: Path | None = None, debug: bool = False):
         self.config_file = config_file
         self.debug = debug
+        self._warned: set[str] = set()
 
     def config(self, flags: dict | None = None) -> ResolvedConfig:
         from llmctl.config import resolve_config  # the root parses this state for every command, --help too
 
-        return resolve_config(flags, self.config_file)
+        resolved = resolve_config(flags, self.config_file)
+        for key, why in resolved.ignored.items():  # said once per command, however often it resolves
+            if key not in self._warned:
+                from llmctl.cli.output import warn
+
+                warn(f"{key} not applied: {why}")
+                self._warned.add(key)
+        return resolved
 
 
 def state(ctx: typer.Context) -> AppState:
