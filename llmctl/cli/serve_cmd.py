@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -16,18 +16,20 @@ def serve(
     model: Annotated[list[str], typer.Option("--model", "-m", help="Model to serve (repeatable); clients use this name.")],
     host: Annotated[str, typer.Option("--host", help="Address to bind. 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
-    api_key: Annotated[Optional[str], typer.Option("--api-key", help="Require 'Authorization: Bearer KEY' (or set LLMCTL_SERVE_API_KEY).")] = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", help="Require 'Authorization: Bearer KEY'. Visible in the process list: prefer LLMCTL_SERVE_API_KEY or --api-key-file.")] = None,
+    api_key_file: Annotated[Optional[Path], typer.Option("--api-key-file", help="Read the required API key from this file (first line).")] = None,
+    protect_health: Annotated[bool, typer.Option("--protect-health", help="Require the API key on /health too.")] = False,
     max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Requests admitted at once; more get 503.")] = 16,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Requests a local model decodes together (1 = one at a time).")] = 8,
 ) -> None:
     """Serve models over the OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /health."""
-    from llmctl.serve.run import open_models, serve_until_stopped
+    from llmctl.serve.run import open_models, required_api_key, serve_until_stopped
     from llmctl.serve.server import ModelServer
 
     cfg = state(ctx).config().config
-    key = api_key or os.environ.get("LLMCTL_SERVE_API_KEY")
+    key = required_api_key(api_key, api_key_file)
     backends = open_models(model, cfg, loading=lambda ref: err.status(f"loading {ref}…"))
-    server = ModelServer(backends, host, port, key, max_queue, cfg.sampling.max_tokens, max_batch)
+    server = ModelServer(backends, host, port, key, max_queue, cfg.sampling.max_tokens, max_batch, protect_health)
     err.print(f"serving {', '.join(backends)} at [bold]{server.url}[/]" + (" (API key required)" if key else "")
               + " — Ctrl-C to stop")
     serve_until_stopped(server, backends)

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Callable
 
 from llmctl.backends.base import Backend
 from llmctl.config import Config
+from llmctl.errors import UsageError
 from llmctl.serve.server import ModelServer
+
+
+def required_api_key(flag: str | None, key_file: Path | None, environ=os.environ) -> str | None:
+    """The key clients must send: --api-key, else --api-key-file, else LLMCTL_SERVE_API_KEY (the last two
+    keep it out of the process list)."""
+    if flag and key_file:
+        raise UsageError("give --api-key or --api-key-file, not both")
+    if key_file is not None:
+        try:
+            key = Path(key_file).read_text(encoding="utf-8").splitlines()[0].strip() if Path(key_file).stat().st_size else ""
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read --api-key-file {key_file}: {e}") from None
+        if not key:
+            raise UsageError(f"--api-key-file {key_file} is empty")
+        return key
+    return flag or environ.get("LLMCTL_SERVE_API_KEY") or None
 
 
 def open_models(refs: list[str], config: Config,

@@ -7,6 +7,7 @@ client that disconnects mid-stream stops its generation and frees its slot.
 
 from __future__ import annotations
 
+import hmac
 import json
 import socket
 import threading
@@ -31,12 +32,13 @@ class ModelServer(ThreadingHTTPServer):
 
     def __init__(self, backends: dict[str, Backend], host: str = "127.0.0.1", port: int = 8000,
                  api_key: str | None = None, max_queue: int = 16, default_max_tokens: int = 256,
-                 max_batch: int = 8):
+                 max_batch: int = 8, protect_health: bool = False):
         super().__init__((host, port), Handler)
         self.backends = backends
         # max_batch 1 still goes through a batcher: one request at a time, streamed as it decodes.
         self.batchers = {name: Batcher(b, max_batch) for name, b in backends.items() if b.capabilities.batching}
         self.api_key = api_key
+        self.protect_health = protect_health  # /health says which models are loaded: private on some hosts
         self.admitted = threading.BoundedSemaphore(max_queue)
         self.default_max_tokens = default_max_tokens
         self.started = time.time()
@@ -85,12 +87,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def _authorized(self) -> bool:
         key = self.server.api_key
-        return not key or self.headers.get("Authorization", "") == f"Bearer {key}"
+        given = self.headers.get("Authorization", "")
+        # compare_digest: the time taken does not tell an attacker how much of a guess was right
+        return not key or hmac.compare_digest(given.encode("utf-8", "surrogateescape"), f"Bearer {key}".encode())
 
     # -- routes --------------------------------------------------------------------------------------
     def do_GET(self) -> None:
         path = self.path.split("?")[0].rstrip("/")
-        if path == "/health":
+        if path == "/health" and (not self.server.protect_health or self._authorized()):
             return self._send_json(200, {"status": "ok", "models": list(self.server.backends),
                                          "batching": {name: b.stats for name, b in self.server.batchers.items()}})
         if not self._authorized():
