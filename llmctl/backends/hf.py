@@ -111,15 +111,12 @@ class HFBackend(Backend):
         return 0
 
     def _token_info(self, logits: torch.Tensor, temperature: float, token: int, k: int) -> TokenInfo:
-        probs = torch.softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
-        top = torch.topk(probs, min(k, probs.numel()))
-        return TokenInfo(token=self._token_text(token), prob=float(probs[token]),
-                         top=[TokenProb(self._token_text(int(i)), float(v)) for v, i in zip(top.values, top.indices)])
+        from llmctl.inspect.distribution import distribution, token_text
 
-    def _token_text(self, token_id: int) -> str:
-        """A token as text; a byte fragment of a longer character shows as its vocabulary entry."""
-        text = self.tokenizer.decode([token_id])
-        return text if "\ufffd" not in text else str(self.tokenizer.convert_ids_to_tokens(token_id))
+        # Greedy decoding reports the model's own distribution (temperature 1), not a one-hot.
+        dist = distribution(logits, temperature if temperature > 0 else 1.0, k, self.tokenizer)
+        return TokenInfo(token=token_text(self.tokenizer, token), prob=float(dist.probs[token]),
+                         top=[TokenProb(c.token, c.prob) for c in dist.top])
 
     def close(self) -> None:
         self.model = None
