@@ -1,7 +1,8 @@
 """Start-up cost of `llmctl --help` against the floor: `python -c "import typer, rich"`.
 
-Both are measured in the same run (median of several), and printed as a ratio: absolute times on
-shared machines mean little. Commands that need no model must not import torch, transformers or
+Both are measured in the same run, alternately (median of several, after one warm-up run each so
+that neither pays for compiling .pyc files), and printed as a ratio: absolute times on shared
+machines mean little, and alternating spreads a busy moment over both. Commands that need no model must not import torch, transformers or
 openai; this also reports whether they did.
 """
 
@@ -19,13 +20,18 @@ PROBE = ("import sys\nfrom llmctl.cli.main import run\ntry:\n    run({args!r})\n
          "sys.stderr.write(repr([m for m in {heavy!r} if m in sys.modules]))")
 
 
-def median_seconds(cmd: list[str]) -> float:
-    times = []
-    for _ in range(RUNS):
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def seconds(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def median_seconds(*cmds: list[str]) -> list[float]:
+    """The median time of each command, the commands run in turn."""
+    for cmd in cmds:
+        seconds(cmd)
+    times = [[seconds(cmd) for cmd in cmds] for _ in range(RUNS)]
+    return [statistics.median(column) for column in zip(*times)]
 
 
 def heavy_imports(args: list[str]) -> list[str]:
@@ -35,8 +41,7 @@ def heavy_imports(args: list[str]) -> list[str]:
 
 
 def main() -> None:
-    baseline = median_seconds([sys.executable, "-c", "import typer, rich"])
-    llmctl = median_seconds([sys.executable, "-m", "llmctl", "--help"])
+    baseline, llmctl = median_seconds([sys.executable, "-c", "import typer, rich"], [sys.executable, "-m", "llmctl", "--help"])
     result = {
         "baseline_s": round(baseline, 4),
         "llmctl_help_s": round(llmctl, 4),

@@ -87,10 +87,34 @@ def test_install_completion_writes_the_script_under_home(tmp_path):
     ("llmctl mo", {"models"}),
     ("llmctl data ", {"generate", "distill", "inspect", "prefs"}),
     ("llmctl prompt --te", {"--temperature"}),
-    ("llmctl eval exact --max", {"--max-tokens"}),
+    ("llmctl eval exact --max-t", {"--max-tokens"}),
 ])
 def test_completion_lists_lazily_loaded_commands_and_options(words, expected):
     # What the installed bash script asks: the words so far and the index of the one being completed.
     done = llmctl_process(_LLMCTL_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=str(len(words.split(" ")) - 1))
     assert done.returncode == 0, done.stderr
     assert set(done.stdout.split()) == expected
+
+
+def test_a_command_registered_directly_on_a_lazy_root_is_kept():
+    from typer.testing import CliRunner
+
+    from llmctl.cli.lazy_group import LazyGroup
+    from llmctl.cli.main import COMMANDS
+
+    class Root(LazyGroup):
+        table = {"models": COMMANDS["models"]}
+
+    root = typer.Typer(cls=Root, rich_markup_mode=None, add_completion=False)
+    root.callback()(lambda: None)
+
+    @root.command("hello")
+    def hello() -> None:
+        """Say hello."""
+        print("hello there")
+
+    runner = CliRunner()
+    listing = runner.invoke(root, ["--help"]).output
+    assert "models  List, show, add, alias" in listing and "hello   Say hello." in listing
+    assert runner.invoke(root, ["hello"]).output == "hello there\n"
+    assert runner.invoke(root, ["models", "--help"]).output.startswith("Usage: root models ")

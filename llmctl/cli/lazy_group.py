@@ -84,9 +84,9 @@ class PlainGroup(TyperGroup):
 class _LazyCommands(Mapping):
     """A group's commands: every name known up front, each command built on first use."""
 
-    def __init__(self, table: Mapping[str, LazyCommand]):
+    def __init__(self, table: Mapping[str, LazyCommand], registered: Mapping):
         self.table = table
-        self.built: dict = {}
+        self.built = dict(registered)  # commands registered on the group the usual way, then those built
 
     def __getitem__(self, name: str):
         if name not in self.built:
@@ -94,10 +94,10 @@ class _LazyCommands(Mapping):
         return self.built[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.table)
+        return iter({**dict.fromkeys(self.table), **dict.fromkeys(self.built)})
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(set(self.table) | set(self.built))
 
 
 class LazyGroup(PlainGroup):
@@ -108,10 +108,12 @@ class LazyGroup(PlainGroup):
     def __init__(self, **attrs):
         super().__init__(**attrs)
         # typer's lookup and "did you mean" suggestions read self.commands; it is lazy here.
-        self.commands = _LazyCommands(self.table)
+        self.commands = _LazyCommands(self.table, self.commands)
 
     def list_commands(self, ctx) -> list[str]:
-        return list(self.table)
+        return list(self.commands)
 
     def summary(self, ctx, name: str) -> str | None:
-        return self.table[name].help  # listing the commands must import none of them
+        if name in self.table:
+            return self.table[name].help  # listing the commands must import none of them
+        return super().summary(ctx, name)
