@@ -72,3 +72,26 @@ def test_an_interrupt_does_not_wait_for_queued_requests(fake_openai):
     with pytest.raises(KeyboardInterrupt):
         answer_all(backend, requests, workers=2, on_answer=interrupt)
     assert time.monotonic() - started < 2  # 20 requests of 0.3 s on 2 workers would take 3 s
+
+
+def test_local_batches_give_the_same_answers_as_one_at_a_time(tiny_chat_model):
+    from llmctl.backends.base import Message, SamplingParams
+    from llmctl.backends.hf import HFBackend
+
+    backend = HFBackend.load(ModelEntry("tiny", "hf", str(tiny_chat_model)), Config())
+    prompts = ["Hello", "What is the capital of France?", "ROMEO: But soft", "x", "def add", "Paris"]
+    requests = [GenerationRequest([Message("user", p)], greedy(6 + 3 * i)) for i, p in enumerate(prompts)]
+    requests.append(GenerationRequest([Message("user", "y" * 400)], greedy(4)))  # longer than the context
+    requests.append(GenerationRequest([Message("user", "seeded")], SamplingParams(temperature=0.9, seed=3,
+                                                                                max_tokens=8)))
+    alone = answer_all(backend, requests, batch_size=1)
+    calls = []
+    real = backend.decode_batch
+    backend.decode_batch = lambda rows: (calls.append(len(rows)), real(rows))[1]
+    order = []
+    batched = answer_all(backend, requests, batch_size=4, fail_fast=True, on_answer=lambda i, a: order.append(i))
+    assert calls == [4, 2]  # the first request alone (fail_fast), then batches of 4; the too-long one never decodes
+    assert sorted(order) == list(range(len(requests)))
+    assert [a.text for a in batched] == [a.text for a in alone] and alone[0].text
+    assert [(a.finish_reason, a.usage) for a in batched] == [(a.finish_reason, a.usage) for a in alone]
+    assert batched[6].text is None and "context" in batched[6].error and alone[6].error == batched[6].error

@@ -18,6 +18,7 @@ app = typer.Typer(no_args_is_help=True)
 
 TeacherOpt = Annotated[str, typer.Option("--teacher", help="Any registry model: openai:MODEL, a served model's entry, a local model.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=64, help="Concurrent requests to a remote teacher.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, max=256, help="Requests a local teacher decodes together (1: one at a time).")]
 
 
 class DataProgress:
@@ -87,6 +88,7 @@ def generate(
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens per reply.")] = 2048,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Which seed tasks each request shows (and the sampling seed).")] = 0,
+    batch_size: BatchSizeOpt = 8,
     json_out: JsonOpt = False,
 ) -> None:
     """Self-instruct: a teacher writes new tasks from a few seed tasks; filtered, deduplicated, resumable.
@@ -97,7 +99,7 @@ def generate(
 
     options = GenerateOptions(teacher, seeds, n, out_file, examples_per_prompt, tasks_per_request, max_similarity,
                               min_words, max_words, max_output_words, max_requests, workers, temperature, top_p,
-                              max_tokens, seed)
+                              max_tokens, seed, batch_size)
     config = state(ctx).config().config
     report = _run_with_progress(f"generating with {teacher}", out_file, lambda events: run(options, config, events))
     if report.message and not report.complete:
@@ -126,6 +128,7 @@ def distill(
     seed: Annotated[Optional[int], typer.Option("--seed", min=0)] = None,
     workers: WorkersOpt = 4,
     keep_truncated: Annotated[bool, typer.Option("--keep-truncated", help="Also write answers cut off by --max-tokens.")] = False,
+    batch_size: BatchSizeOpt = 8,
     json_out: JsonOpt = False,
 ) -> None:
     """A teacher answers every prompt; the answers become a fine-tuning file with provenance, resumable.
@@ -135,7 +138,7 @@ def distill(
     from llmctl.data.distill import DistillOptions, distill as run
 
     options = DistillOptions(teacher, prompts, out_file, format, system, temperature, top_p, max_tokens, seed, workers,
-                             keep_truncated)
+                             keep_truncated, batch_size)
     config = state(ctx).config().config
     report = _run_with_progress(f"answering with {teacher}", out_file, lambda events: run(options, config, events))
     if json_out:

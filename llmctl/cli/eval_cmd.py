@@ -15,6 +15,43 @@ from llmctl.cli.output import err, out, print_json, warn
 app = typer.Typer(no_args_is_help=True)
 
 
+# -- gates and CI reports, shared by every command that measures ----------------------------------
+
+FailUnderOpt = Annotated[Optional[list[str]], typer.Option("--fail-under", metavar="METRIC=VALUE", help="Exit 6 if METRIC is below VALUE, e.g. exact_match=0.6 (repeatable).")]
+FailOverOpt = Annotated[Optional[list[str]], typer.Option("--fail-over", metavar="METRIC=VALUE", help="Exit 6 if METRIC is above VALUE, e.g. perplexity=25 (repeatable).")]
+BaselineOpt = Annotated[Optional[str], typer.Option("--baseline", metavar="RUN", help="A saved run (id or directory) to compare with --max-drop.")]
+MaxDropOpt = Annotated[Optional[list[str]], typer.Option("--max-drop", metavar="METRIC=DELTA", help="Exit 6 if METRIC got worse than the --baseline run by more than DELTA (repeatable).")]
+JUnitOpt = Annotated[Optional[Path], typer.Option("--junit", metavar="FILE", help="Write a JUnit XML report: a test case per gate (and per question for exact).")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, max=256, help="Prompts a local model decodes together (1: one at a time).")]
+
+
+def ci_options(fail_under, fail_over, baseline, max_drop, junit):
+    from llmctl.evaluate.ci import CIOptions
+
+    return CIOptions.parse(fail_under, fail_over, baseline, max_drop, junit)
+
+
+def render_gates(results) -> None:
+    for r in results:
+        mark = "[green]pass[/]" if r.passed else "[bold red]FAIL[/]"
+        out.print(f"gate {escape(r.gate)}: {mark} · {escape(r.message)}")
+
+
+def close_gated(run, options, json_doc: Optional[dict], render, cases=None, metrics=None) -> None:
+    """Check the gates, write the reports, show the run (JSON or text), then exit 6 if a gate failed."""
+    from llmctl.evaluate.ci import conclude
+    from llmctl.evaluate.gates import raise_if_failed
+
+    results = conclude(run, options, cases, metrics)
+    if json_doc is not None:
+        print_json({**json_doc, "metrics": run.summary["metrics"], "gates": run.summary["gates"],
+                    "id": run.id, "path": str(run.directory)})
+    else:
+        render()
+        render_gates(results)
+    raise_if_failed(results)
+
+
 @app.command("perplexity")
 def perplexity(
     ctx: typer.Context,
@@ -22,19 +59,28 @@ def perplexity(
     data: Annotated[list[str], typer.Option("--data", "-d", help="Text file, directory, JSONL/CSV/Parquet, or python-stdlib.")],
     text_field: Annotated[str, typer.Option("--text-field")] = "text",
     window: Annotated[Optional[int], typer.Option("--window", min=2, help="Tokens per window (default: the context).")] = None,
+    save: Annotated[Optional[Path], typer.Option("--save", help="Run directory (default: LLMCTL_HOME/evals/<run-id>).")] = None,
+    fail_under: FailUnderOpt = None, fail_over: FailOverOpt = None, baseline: BaselineOpt = None,
+    max_drop: MaxDropOpt = None, junit: JUnitOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Loss, perplexity, bits per character and per byte, with a sliding window over long texts."""
-    from llmctl.evaluate.perplexity import perplexity as run
+    """Loss, perplexity, bits per character and per byte, with a sliding window over long texts; saved as
+    an eval run. Metrics: loss, perplexity, bits_per_char, bits_per_byte."""
+    from llmctl.evaluate.perplexity import PERPLEXITY_METRICS, perplexity_run
 
+    options = ci_options(fail_under, fail_over, baseline, max_drop, junit)
+    options.check_metrics_known(list(PERPLEXITY_METRICS), "eval perplexity")
     with err.status(f"scoring with {model}…"):
-        doc = run(model, data, text_field, window, state(ctx).config().config)
-    if json_out:
-        print_json(doc)
-        return
-    out.print(f"[bold]{model}[/] on {doc['documents']} documents ({doc['tokens']:,} tokens, window {doc['window']}):")
-    out.print(f"loss {doc['loss']:.4f} nats/token · perplexity {doc['perplexity']:.3f} · "
-              f"{doc['bits_per_char']:.4f} bits/char · {doc['bits_per_byte']:.4f} bits/byte")
+        run = perplexity_run(model, data, text_field, window, state(ctx).config().config, save)
+    doc = run.rows[0]
+
+    def render() -> None:
+        out.print(f"[bold]{model}[/] on {doc['documents']} documents ({doc['tokens']:,} tokens, window {doc['window']}):")
+        out.print(f"loss {doc['loss']:.4f} nats/token · perplexity {doc['perplexity']:.3f} · "
+                  f"{doc['bits_per_char']:.4f} bits/char · {doc['bits_per_byte']:.4f} bits/byte")
+        out.print(f"[dim]saved as {escape(run.id)}[/]")
+
+    close_gated(run, options, {k: v for k, v in doc.items() if k != "index"} if json_out else None, render)
 
 
 @app.command("exact")
@@ -44,32 +90,43 @@ def exact(
     data: Annotated[Path, typer.Option("--data", "-d", help="JSONL of {question, answer} (answer: string or list).")],
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 32,
     system: Annotated[Optional[str], typer.Option("--system", "-s")] = None,
-    save: Annotated[Optional[Path], typer.Option("--save", help="Write every question, answer and verdict as JSONL.")] = None,
+    save: Annotated[Optional[Path], typer.Option("--save", help="Also write every question, answer and verdict as JSONL.")] = None,
+    batch_size: BatchSizeOpt = 8,
+    fail_under: FailUnderOpt = None, fail_over: FailOverOpt = None, baseline: BaselineOpt = None,
+    max_drop: MaxDropOpt = None, junit: JUnitOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Exact-match and contains accuracy (greedy answers, SQuAD-style normalisation)."""
+    """Exact-match and contains accuracy (greedy answers, SQuAD-style normalisation), saved as an eval run.
+    Metrics: exact_match, contains (0-1)."""
     from rich.table import Table
 
-    from llmctl.evaluate.exact import exact_match
+    from llmctl.evaluate.exact import EXACT_METRICS, exact_match
+    from llmctl.evaluate.reports import exact_cases
     from llmctl.fsutil import atomic_write_text
     from llmctl.jsonl import jsonl_line
 
+    options = ci_options(fail_under, fail_over, baseline, max_drop, junit)
+    options.check_metrics_known(list(EXACT_METRICS), "eval exact")
     with err.status(f"asking {model}…"):
-        doc = exact_match(model, data, max_tokens, system, state(ctx).config().config)
+        run = exact_match(model, data, max_tokens, system, state(ctx).config().config, batch_size=batch_size)
+    results = [{k: v for k, v in r.items() if k != "index"} for r in run.rows]
     if save:
-        atomic_write_text(save, "".join(jsonl_line(r) for r in doc["results"]))
-    if json_out:
-        print_json(doc)
-        return
-    table = Table(show_edge=False, pad_edge=False)
-    for column in ("question", "expected", "answer", "exact", "contains"):
-        table.add_column(column, overflow="fold")
-    for r in doc["results"]:
-        table.add_row(r["question"], " | ".join(r["answers"]), r["response"].strip()[:80], "✓" if r["exact"] else "·",
-                      "✓" if r["contains"] else "·")
-    out.print(table)
-    out.print(f"[bold]{model}[/]: exact match {doc['exact_match']:.1%} · contains {doc['contains']:.1%} "
-              f"of {doc['questions']} questions")
+        atomic_write_text(save, "".join(jsonl_line(r) for r in results))
+    metrics = run.summary["metrics"]
+
+    def render() -> None:
+        table = Table(show_edge=False, pad_edge=False)
+        for column in ("question", "expected", "answer", "exact", "contains"):
+            table.add_column(column, overflow="fold")
+        for r in results:
+            table.add_row(escape(r["question"]), escape(" | ".join(r["answers"])), clip(r["response"], 80),
+                          "✓" if r["exact"] else "·", "✓" if r["contains"] else "·")
+        out.print(table)
+        out.print(f"[bold]{model}[/]: exact match {metrics['exact_match']:.1%} · contains {metrics['contains']:.1%} "
+                  f"of {len(results)} questions [dim](saved as {escape(run.id)})[/]")
+
+    doc = {"model": model, "questions": len(results), **metrics, "results": results} if json_out else None
+    close_gated(run, options, doc, render, exact_cases(results))
 
 
 # -- LLM as a judge, comparison, saved runs ---------------------------------------------------------
@@ -189,15 +246,12 @@ def render_run(run, with_rows: bool) -> None:
     out.print(f"[dim]saved in {escape(str(run.directory))}[/]")
 
 
-def finish(run, json_out: bool, human: bool, seed: int) -> None:
+def finish(run, json_out: bool, human: bool, seed: int, options) -> None:
     if human:
         from llmctl.evaluate.human import judge_by_hand
 
         judge_by_hand(run, seed=seed)
-    if json_out:
-        print_json({**run.summary, "path": str(run.directory)})
-    else:
-        render_run(run, with_rows=run.kind == "compare")
+    close_gated(run, options, run.summary if json_out else None, lambda: render_run(run, with_rows=run.kind == "compare"))
 
 
 @app.command("judge")
@@ -219,9 +273,13 @@ def judge(
     seed: SeedOpt = 0,
     save: SaveOpt = None,
     human: Annotated[bool, typer.Option("--human", help="Score the answers yourself in the terminal instead of a judge model.")] = False,
+    batch_size: BatchSizeOpt = 8,
+    fail_under: FailUnderOpt = None, fail_over: FailOverOpt = None, baseline: BaselineOpt = None,
+    max_drop: MaxDropOpt = None, junit: JUnitOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Score answers 1-10 per criterion with a judge model (or by hand), with mean, spread, min and max."""
+    """Score answers 1-10 per criterion with a judge model (or by hand), with mean, spread, min and max.
+    Metrics: each criterion's mean score, by its name (e.g. helpfulness)."""
     from llmctl.answering import load_prompts
     from llmctl.errors import UsageError
     from llmctl.evaluate.judge import AnswerSettings, JudgeSettings, run_judge
@@ -232,16 +290,18 @@ def judge(
     if human == bool(judge_model):
         raise UsageError("give --judge MODEL, or --human to score by hand (one of them)")
     criteria = select_criteria(rubric, rubric_file)
+    options = ci_options(fail_under, fail_over, baseline, max_drop, junit)
+    options.check_metrics_known([c.name for c in criteria], "eval judge")
     items = load_prompts(prompts or answers)
     if answers and model:
         warn("--answers are judged as given; -m is not used")
         model = None
     settings = JudgeSettings(criteria, retries, judge_max_tokens, 0.0, seed, workers)
-    answering = AnswerSettings(max_tokens, temperature, samples, seed, system, workers)
+    answering = AnswerSettings(max_tokens, temperature, samples, seed, system, workers, batch_size)
     with StageProgress() as progress:
         run = run_judge(items, model, judge_model, settings, answering, state(ctx).config().config, save,
                         progress.update)
-    finish(run, json_out, human, seed)
+    finish(run, json_out, human, seed, options)
 
 
 @app.command("compare")
@@ -261,23 +321,32 @@ def compare(
     seed: SeedOpt = 0,
     save: SaveOpt = None,
     human: Annotated[bool, typer.Option("--human", help="Then choose the better answer of each pair yourself.")] = False,
+    batch_size: BatchSizeOpt = 8,
+    fail_under: FailUnderOpt = None, fail_over: FailOverOpt = None, baseline: BaselineOpt = None,
+    max_drop: MaxDropOpt = None, junit: JUnitOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """The same prompts through several models side by side; with --judge, pairwise verdicts (asked in both
-    orders) and win rates."""
+    orders) and win rates. Metrics (with --judge): win_rate:MODEL for each model, and win_rate for the last
+    -m given (the candidate: -m baseline -m candidate)."""
     from llmctl.answering import load_prompts
     from llmctl.evaluate.compare import run_compare
     from llmctl.evaluate.judge import AnswerSettings, JudgeSettings
     from llmctl.evaluate.rubrics import select_criteria
 
+    from llmctl.evaluate.gates import compare_metric_names
+
     criteria = select_criteria(rubric, rubric_file) if rubric or rubric_file else []
+    options = ci_options(fail_under, fail_over, baseline, max_drop, junit)
+    options.check_metrics_known(compare_metric_names(models) if judge_model else [],
+                                "eval compare" + ("" if judge_model else " without --judge"))
     items = load_prompts(prompts)
     settings = JudgeSettings(criteria, retries, judge_max_tokens, 0.0, seed, workers)
-    answering = AnswerSettings(max_tokens, temperature, 1, seed, system, workers)
+    answering = AnswerSettings(max_tokens, temperature, 1, seed, system, workers, batch_size)
     with StageProgress() as progress:
         run = run_compare(items, models, judge_model, settings, answering, state(ctx).config().config, save,
                           progress.update)
-    finish(run, json_out, human, seed)
+    finish(run, json_out, human, seed, options)
 
 
 @app.command("show")

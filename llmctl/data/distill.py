@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llmctl.answering import Answer, PromptItem, answer_all, is_remote, load_prompts
+from llmctl.answering import DEFAULT_BATCH_SIZE, Answer, PromptItem, answer_all, is_remote, load_prompts
 from llmctl.backends.base import GenerationRequest, Message, SamplingParams
 from llmctl.data.generate import Events, teacher_failed
 from llmctl.errors import UsageError
@@ -33,6 +33,7 @@ class DistillOptions:
     seed: int | None = None
     workers: int = 4
     keep_truncated: bool = False  # answers cut by --max-tokens are incomplete: not written unless asked
+    batch_size: int = DEFAULT_BATCH_SIZE  # prompts a local teacher decodes together
 
     def params(self) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, seed=self.seed)
@@ -146,7 +147,7 @@ def distill(options: DistillOptions, config=None, events: Events | None = None) 
         events.update(report.resumed, report.prompts, 0)
         # In slices, so that a teacher failing every request (a wrong model name, a server down) is
         # noticed after the first slice instead of after retrying every prompt.
-        size = max(1, options.workers) * 4 if is_remote(backend) else 8
+        size = max(1, options.workers) * 4 if is_remote(backend) else max(8, options.batch_size)
         for start in range(0, len(todo), size):
             _answer_slice(backend, distiller, todo[start:start + size])
             if report.failed == report.requests:
@@ -162,4 +163,5 @@ def _answer_slice(backend, distiller: Distiller, items: list[PromptItem]) -> Non
     conversations = [to_messages(item, options.system) for item in items]
     requests = [GenerationRequest(messages, options.params()) for messages in conversations]
     answer_all(backend, requests, options.workers,
-               on_answer=lambda i, answer: distiller.take(items[i], conversations[i], answer))
+               on_answer=lambda i, answer: distiller.take(items[i], conversations[i], answer),
+               batch_size=options.batch_size)

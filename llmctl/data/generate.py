@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llmctl.answering import Answer, answer_all, is_remote
+from llmctl.answering import DEFAULT_BATCH_SIZE, Answer, answer_all, is_remote
 from llmctl.backends.base import GenerationRequest, Message, SamplingParams
 from llmctl.data.similarity import NearDuplicateIndex
 from llmctl.errors import LlmctlError, ModelError, RemoteError, UsageError
@@ -173,6 +173,7 @@ class GenerateOptions:
     top_p: float = 1.0
     max_tokens: int = 2048
     seed: int = 0
+    batch_size: int = DEFAULT_BATCH_SIZE  # requests a local teacher decodes together
 
 
 def default_max_requests(n: int) -> int:
@@ -356,11 +357,12 @@ def teacher_failed(teacher: str, backend, error: str) -> LlmctlError:
 
 def _request_until_done(run: SelfInstruct, backend, max_requests: int) -> None:
     report, options = run.report, run.options
-    # A local model answers one request at a time, so it gets one per wave and sees the newest rows sooner.
-    width = options.workers if is_remote(backend) else 1
+    # A wave is what runs at once: `workers` requests to a remote teacher, a batch for a local one that can
+    # batch (one at a time otherwise, so each request sees the newest rows sooner).
+    width = options.workers if is_remote(backend) else (options.batch_size if backend.capabilities.batching else 1)
     while report.kept < report.wanted and report.requests < max_requests:
         wave = [run.next_request() for _ in range(min(width, max_requests - report.requests))]
         answer_all(backend, [p.request for p in wave], options.workers,
-                   on_answer=lambda i, answer: run.take(wave[i], answer))
+                   on_answer=lambda i, answer: run.take(wave[i], answer), batch_size=options.batch_size)
         if report.failed_requests == report.requests:
             raise teacher_failed(options.teacher, backend, report.errors[0])

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from llmctl.answering import Answer, PromptItem, answer_all
+from llmctl.answering import DEFAULT_BATCH_SIZE, Answer, PromptItem, answer_all
 from llmctl.backends.base import Backend, GenerationRequest, SamplingParams
 from llmctl.errors import UsageError
 from llmctl.evaluate.rubrics import Criterion
@@ -231,6 +231,7 @@ class AnswerSettings:
     seed: int = 0
     system: str | None = None  # used for prompts that bring no system prompt of their own
     workers: int = 4
+    batch_size: int = DEFAULT_BATCH_SIZE  # prompts a local model decodes together
 
 
 @dataclass
@@ -283,7 +284,7 @@ def generate_answers(model_ref: str, items: list[PromptItem], settings: AnswerSe
             if on_progress:
                 on_progress(f"answering with {model_ref}", sum(a is not None for a in answers), len(requests))
 
-        answer_all(backend, requests, settings.workers, keep, fail_fast=True)
+        answer_all(backend, requests, settings.workers, keep, fail_fast=True, batch_size=settings.batch_size)
     finally:
         backend.close()
     n = settings.samples

@@ -68,3 +68,23 @@ def perplexity(model_ref: str, data: list[str], text_field: str = "text", window
             "window": window, "loss": round(loss, 5), "perplexity": round(math.exp(min(loss, 50)), 4),
             "bits_per_char": round(nll / math.log(2) / chars, 5), "bits_per_byte": round(nll / math.log(2) / nbytes, 5),
             "skipped_files": len(report.skipped_files)}
+
+
+PERPLEXITY_METRICS = ("loss", "perplexity", "bits_per_char", "bits_per_byte")
+
+
+def perplexity_run(model_ref: str, data: list[str], text_field: str = "text", window: int | None = None,
+                   config=None, save_dir=None):
+    """`llmctl eval perplexity` saved as an eval run (its figures are the metrics; one row with them all)."""
+    from llmctl.evaluate.runs import measured_run
+
+    rows: list[dict[str, Any]] = []
+
+    def work(writer) -> dict[str, Any]:
+        doc = perplexity(model_ref, data, text_field, window, config)
+        rows.append({"index": 0, **doc})
+        writer.append(rows[0])
+        return {name: doc[name] for name in PERPLEXITY_METRICS}
+
+    summary = {"models": [model_ref], "data": list(data), "settings": {"text_field": text_field, "window": window}}
+    return measured_run("perplexity", summary, save_dir, work, lambda: rows)

@@ -107,6 +107,23 @@ def record_run(kind: str, summary: dict[str, Any], save_dir, judge_entry, config
     return writer, rows
 
 
+def measured_run(kind: str, summary: dict[str, Any], save_dir, work: Callable[["RunWriter"], dict[str, Any]],
+                 rows: Callable[[], list[dict]]) -> Run:
+    """A run whose figures are measured, not judged (`exact`, `perplexity`, `harness`, `lineage`): `work(writer)`
+    appends the rows and returns the metrics, saved as the summary's `metrics` (what gates and baselines read)."""
+    writer = RunWriter(kind, save_dir)
+    summary.update(kind=kind, status="running", created=now_iso())
+    writer.write_summary(summary)
+    try:
+        metrics = work(writer)
+    except LlmctlError as e:
+        writer.write_summary({**summary, "status": "failed", "error": str(e), "finished": now_iso()})
+        raise
+    summary.update(metrics=metrics, status="complete", finished=now_iso())
+    writer.write_summary(summary)
+    return Run(writer.directory, {"id": writer.id, **summary}, [r for r in rows() if r is not None])
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows in prompt order; a last line cut short by a kill is ignored, any other bad line is an error."""
     # Split on "\n" only: splitlines() would also cut at U+2028/U+2029 inside an answer's JSON string.
