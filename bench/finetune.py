@@ -1,7 +1,8 @@
 """LoRA fine-tuning speed and memory: `llmctl finetune` against transformers.Trainer + peft.
 
 Same model (SmolLM2-135M-Instruct, the embedded default), same data (../shared/data/alpaca_seed_tasks.jsonl,
-tokenized and masked identically), same rank, targets, sequence length, batch and steps. Each side runs
+tokenized and masked identically), same rank, targets, sequence length, batch and steps: llmctl's own
+defaults (FinetuneConfig), which the Trainer side copies. Each side runs
 in its own process so peak memory (max RSS) is its own. Printed as ratios; goal: >= 1.3x the tokens/s
 at no more memory. llmctl packs examples without padding; Trainer pads each batch to its longest.
 
@@ -19,10 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from llmctl.finetune.config import FinetuneConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT.parent / "shared" / "data" / "alpaca_seed_tasks.jsonl"
-LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"}
+DEFAULTS = FinetuneConfig(data=[SEEDS])  # what `llmctl finetune` trains with unless told otherwise
 MAX_LENGTH = 512
+WARMUP = 5  # a short run: both sides warm up over the same few steps
 
 
 def _examples(tokenizer):
@@ -34,8 +38,9 @@ def _examples(tokenizer):
 
 
 def worker_llmctl(steps: int, batch: int) -> dict:
-    from llmctl.finetune.run import FinetuneConfig, FinetuneTask, finetune
-    from llmctl.training.loop import TrainConfig
+    from llmctl.finetune.config import FinetuneTrainConfig
+    from llmctl.finetune.run import finetune
+    from llmctl.finetune.task import FinetuneTask
 
     seen = {"tokens": 0}
     real = FinetuneTask.train_batch
@@ -47,11 +52,12 @@ def worker_llmctl(steps: int, batch: int) -> dict:
 
     FinetuneTask.train_batch = counting
     out = Path(tempfile.mkdtemp(prefix="bench-llmctl-"))
+    # `llmctl finetune`'s own defaults (those of FinetuneConfig), except what both sides must share
     summary = finetune(FinetuneConfig(
-        data=[SEEDS], base="smollm2", out=out, rank=LORA["r"], alpha=LORA["lora_alpha"], dropout=LORA["lora_dropout"],
-        max_length=MAX_LENGTH, eval_split=0.05, register=False, skip_bad_rows=True,
-        train=TrainConfig(max_steps=steps, batch_size=batch, lr=2e-4, min_lr=2e-5, warmup_steps=5, weight_decay=0.0,
-                          eval_every=10**9, save_every=10**9, eval_batches=1)))
+        data=[SEEDS], base="smollm2", out=out, max_length=MAX_LENGTH, eval_split=0.05, register=False,
+        skip_bad_rows=True,
+        train=FinetuneTrainConfig(max_steps=steps, batch_size=batch, warmup_steps=WARMUP, eval_every=10**9,
+                                  save_every=10**9, eval_batches=1)))
     return {"seconds": summary["seconds"], "tokens": seen["tokens"]}
 
 
@@ -68,9 +74,10 @@ def worker_trainer(steps: int, batch: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(source)
     items = _examples(tokenizer)
     rows = [{"input_ids": t.ids, "labels": t.labels, "attention_mask": [1] * len(t.ids)} for t in items]
-    torch.manual_seed(1337)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32),
-                           LoraConfig(task_type="CAUSAL_LM", **LORA))
+    torch.manual_seed(DEFAULTS.train.seed)
+    lora = LoraConfig(task_type="CAUSAL_LM", r=DEFAULTS.rank, lora_alpha=DEFAULTS.alpha, lora_dropout=DEFAULTS.dropout,
+                      target_modules="all-linear")  # llmctl's default targets: every linear layer
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32), lora)
     seen = {"tokens": 0}
 
     class Count(TrainerCallback):
@@ -84,9 +91,10 @@ def worker_trainer(steps: int, batch: int) -> dict:
         return batch_out
 
     args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="bench-trainer-"), per_device_train_batch_size=batch,
-                             max_steps=steps, learning_rate=2e-4, warmup_steps=5, lr_scheduler_type="cosine",
+                             max_steps=steps, learning_rate=DEFAULTS.train.lr, warmup_steps=WARMUP,
+                             weight_decay=DEFAULTS.train.weight_decay, lr_scheduler_type="cosine",
                              logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=True,
-                             dataloader_num_workers=0, seed=1337, remove_unused_columns=False)
+                             dataloader_num_workers=0, seed=DEFAULTS.train.seed, remove_unused_columns=False)
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=counting_collator,
                       callbacks=[Count()])
     start = time.perf_counter()
@@ -106,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", choices=("llmctl", "trainer"))
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=DEFAULTS.train.batch_size)
     args = parser.parse_args()
     if args.worker:
         result = (worker_llmctl if args.worker == "llmctl" else worker_trainer)(args.steps, args.batch)

@@ -50,7 +50,8 @@ def speed(corpus: Path) -> dict:
     from llmctl.pretrain.model import build_model, preset
     from llmctl.pretrain.prepare import prepare_data
     from llmctl.pretrain.run import PretrainTask
-    from llmctl.training.loop import TrainConfig, Trainer
+    from llmctl.training.config import TrainConfig
+    from llmctl.training.loop import Trainer
 
     work = Path(tempfile.mkdtemp(prefix="llmctl-bench-"))
     tokenizer, manifest, _ = prepare_data(CorpusSpec([str(corpus)]), "char", 0, work / "data", 1337, 0.1)

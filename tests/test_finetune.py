@@ -140,7 +140,7 @@ def test_base_model_without_template_gets_alpaca(cli, tmp_path, tiny_base_model)
 
 def test_resume_is_exact(cli, tmp_path, tiny_chat_model, monkeypatch):
     """Ctrl-C at step 4 saves a checkpoint; --resume auto ends with the weights of an unbroken run."""
-    from llmctl.finetune.run import FinetuneTask
+    from llmctl.finetune.task import FinetuneTask
 
     data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
     common = ["--data", str(data), "-m", str(tiny_chat_model), "--max-steps", "8", "--batch-size", "2",

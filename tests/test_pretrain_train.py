@@ -120,20 +120,21 @@ def test_killed_run_resumes_to_the_same_weights(corpus_file, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus_file, tmp_path, monkeypatch):
+    from llmctl.pretrain.config import PretrainConfig
     from llmctl.pretrain.model import preset
-    from llmctl.pretrain.run import PretrainConfig, pretrain
-    from llmctl.training import loop
+    from llmctl.pretrain.run import pretrain
+    from llmctl.training import task
     from llmctl.training.checkpoint import find_checkpoint
-    from llmctl.training.loop import TrainConfig
+    from llmctl.training.config import TrainConfig
 
-    real, calls = loop.lm_loss, {"n": 0}
+    real, calls = task.lm_loss, {"n": 0}
 
     def poisoned(model, batch):
         calls["n"] += 1
         loss = real(model, batch)
         return loss * float("nan") if calls["n"] > 8 else loss
 
-    monkeypatch.setattr(loop, "lm_loss", poisoned)
+    monkeypatch.setattr(task, "lm_loss", poisoned)
     out = tmp_path / "nan-run"
     config = PretrainConfig(data=[str(corpus_file)], out=out, tokenizer="char", register=False,
                             model=preset("tiny", layers=1, width=32, heads=2, context=16),

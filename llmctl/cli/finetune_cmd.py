@@ -10,49 +10,55 @@ import typer
 
 from llmctl.cli.options import JsonOpt
 from llmctl.cli.output import err, out, print_json
+from llmctl.finetune.config import DistillSettings, DPOSettings, FinetuneConfig, FinetuneTrainConfig
+from llmctl.finetune.data import ColumnMap
+from llmctl.training.config import given
 
 app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+# The library's defaults, for --help: an option left out is not passed, so the config's default holds.
+DEFAULTS = FinetuneConfig(data=[])
+COLUMNS = DEFAULTS.columns
 
 
 @app.callback()
 def finetune(
     ctx: typer.Context,
     data: Annotated[Optional[list[Path]], typer.Option("--data", "-d", help="JSON/JSONL/CSV/Parquet: Alpaca, chat (messages), prompt/completion or text; for dpo: prompt/chosen/rejected pairs. Repeatable.")] = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="Base model: registry name, hf:REPO, a directory, a pretrained GPT; for dpo/distill also a registered adapter to train further.")] = "smollm2",
-    method: Annotated[str, typer.Option("--method", help="lora (supervised), dpo (preference pairs) or distill (a teacher's logits).")] = "lora",
-    beta: Annotated[float, typer.Option("--beta", help="dpo: strength of the pull toward the reference (higher: closer).")] = 0.1,
-    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="dpo: assumed share of flipped preferences (conservative DPO), in [0, 0.5).")] = 0.0,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=f"Base model: registry name, hf:REPO, a directory, a pretrained GPT; for dpo/distill also a registered adapter to train further. [default: {DEFAULTS.base}]")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help=f"lora (supervised), dpo (preference pairs) or distill (a teacher's logits). [default: {DEFAULTS.method}]")] = None,
+    beta: Annotated[Optional[float], typer.Option("--beta", help=f"dpo: strength of the pull toward the reference (higher: closer). [default: {DEFAULTS.dpo.beta}]")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing", help=f"dpo: assumed share of flipped preferences (conservative DPO), in [0, 0.5). [default: {DEFAULTS.dpo.label_smoothing}]")] = None,
     teacher: Annotated[Optional[str], typer.Option("--teacher", help="distill: the teacher, a local registry model sharing the student's tokenizer.")] = None,
-    distill_temperature: Annotated[float, typer.Option("--distill-temperature", help="distill: softmax temperature of the KL term (scaled by T²).")] = 2.0,
-    distill_alpha: Annotated[float, typer.Option("--distill-alpha", help="distill: loss = alpha·KL + (1 − alpha)·cross-entropy.")] = 0.5,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Adapter directory (also checkpoints and metrics).")] = Path("runs/lora"),
-    format: Annotated[str, typer.Option("--format", help="auto, alpaca, chat, prompt-completion, text.")] = "auto",
-    instruction_field: Annotated[str, typer.Option("--instruction-field")] = "instruction",
-    input_field: Annotated[str, typer.Option("--input-field")] = "input",
-    output_field: Annotated[str, typer.Option("--output-field")] = "output",
-    messages_field: Annotated[str, typer.Option("--messages-field")] = "messages",
-    prompt_field: Annotated[str, typer.Option("--prompt-field")] = "prompt",
-    completion_field: Annotated[str, typer.Option("--completion-field")] = "completion",
-    text_field: Annotated[str, typer.Option("--text-field")] = "text",
+    distill_temperature: Annotated[Optional[float], typer.Option("--distill-temperature", help=f"distill: softmax temperature of the KL term (scaled by T²). [default: {DEFAULTS.distill.temperature}]")] = None,
+    distill_alpha: Annotated[Optional[float], typer.Option("--distill-alpha", help=f"distill: loss = alpha·KL + (1 − alpha)·cross-entropy. [default: {DEFAULTS.distill.alpha}]")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help=f"Adapter directory (also checkpoints and metrics). [default: {DEFAULTS.out}]")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", help=f"auto, alpaca, chat, prompt-completion, text. [default: {DEFAULTS.format}]")] = None,
+    instruction_field: Annotated[Optional[str], typer.Option("--instruction-field", help=f"[default: {COLUMNS.instruction}]")] = None,
+    input_field: Annotated[Optional[str], typer.Option("--input-field", help=f"[default: {COLUMNS.input}]")] = None,
+    output_field: Annotated[Optional[str], typer.Option("--output-field", help=f"[default: {COLUMNS.output}]")] = None,
+    messages_field: Annotated[Optional[str], typer.Option("--messages-field", help=f"[default: {COLUMNS.messages}]")] = None,
+    prompt_field: Annotated[Optional[str], typer.Option("--prompt-field", help=f"[default: {COLUMNS.prompt}]")] = None,
+    completion_field: Annotated[Optional[str], typer.Option("--completion-field", help=f"[default: {COLUMNS.completion}]")] = None,
+    text_field: Annotated[Optional[str], typer.Option("--text-field", help=f"[default: {COLUMNS.text}]")] = None,
     skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows", help="Skip malformed rows (counted and reported) instead of stopping.")] = False,
-    rank: Annotated[int, typer.Option("--rank", min=1, help="LoRA rank.")] = 8,
-    alpha: Annotated[int, typer.Option("--alpha", min=1, help="LoRA alpha (scale = alpha / rank).")] = 16,
-    dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=0.9)] = 0.05,
+    rank: Annotated[Optional[int], typer.Option("--rank", min=1, help=f"LoRA rank. [default: {DEFAULTS.rank}]")] = None,
+    alpha: Annotated[Optional[int], typer.Option("--alpha", min=1, help=f"LoRA alpha (scale = alpha / rank). [default: {DEFAULTS.alpha}]")] = None,
+    dropout: Annotated[Optional[float], typer.Option("--dropout", min=0.0, max=0.9, help=f"LoRA dropout. [default: {DEFAULTS.dropout}]")] = None,
     targets: Annotated[Optional[str], typer.Option("--targets", help="Comma-separated module names (default: all linear layers).")] = None,
-    epochs: Annotated[float, typer.Option("--epochs", min=0.01, help="Used unless --max-steps/--max-tokens/--max-time is given.")] = 3.0,
+    epochs: Annotated[Optional[float], typer.Option("--epochs", min=0.01, help=f"Used unless --max-steps/--max-time is given. [default: {DEFAULTS.epochs}]")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1)] = None,
     max_time: Annotated[Optional[str], typer.Option("--max-time", help="90s, 10m, 1h")] = None,
     max_length: Annotated[Optional[int], typer.Option("--max-length", min=2, help="Longest example in tokens (default: context, at most 2048).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Examples packed per micro-step.")] = 8,
-    grad_accum: Annotated[int, typer.Option("--grad-accum", min=1)] = 1,
-    lr: Annotated[float, typer.Option("--lr")] = 2e-4,
-    warmup_steps: Annotated[int, typer.Option("--warmup-steps", min=0)] = 10,
-    eval_split: Annotated[float, typer.Option("--eval-split", help="Share of examples held out.")] = 0.1,
-    eval_every: Annotated[int, typer.Option("--eval-every", min=1)] = 50,
-    save_every: Annotated[int, typer.Option("--save-every", min=1)] = 50,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help=f"Examples packed per micro-step. [default: {DEFAULTS.train.batch_size}]")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", min=1, help=f"Micro-steps per optimizer step. [default: {DEFAULTS.train.grad_accum}]")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help=f"Peak learning rate; the cosine ends at a tenth of it. [default: {DEFAULTS.train.lr}]")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option("--warmup-steps", min=0, help=f"[default: {DEFAULTS.train.warmup_steps}]")] = None,
+    eval_split: Annotated[Optional[float], typer.Option("--eval-split", help=f"Share of examples held out. [default: {DEFAULTS.eval_split}]")] = None,
+    eval_every: Annotated[Optional[int], typer.Option("--eval-every", min=1, help=f"[default: {DEFAULTS.train.eval_every}]")] = None,
+    save_every: Annotated[Optional[int], typer.Option("--save-every", min=1, help=f"[default: {DEFAULTS.train.save_every}]")] = None,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")] = False,
     qlora: Annotated[bool, typer.Option("--qlora", help="4-bit base (CUDA + bitsandbytes).")] = False,
-    seed: Annotated[int, typer.Option("--seed", min=0)] = 1337,
+    seed: Annotated[Optional[int], typer.Option("--seed", min=0, help=f"[default: {DEFAULTS.train.seed}]")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Registry name (default: the --out directory's name).")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="auto or a checkpoint path.")] = None,
     no_register: Annotated[bool, typer.Option("--no-register")] = False,
@@ -69,35 +75,30 @@ def finetune(
     """
     if ctx.invoked_subcommand:
         return
-    from llmctl.cli.pretrain_cmd import parse_duration
     from llmctl.cli.train_progress import TrainProgress
     from llmctl.errors import UsageError
-    from llmctl.finetune.data import ColumnMap
-    from llmctl.finetune.run import FinetuneConfig, finetune as run_finetune
-    from llmctl.training.loop import TrainConfig
+    from llmctl.finetune.run import finetune as run_finetune
+    from llmctl.training.budget import parse_duration
 
     if not data:
         raise UsageError("no training data", hint="pass --data FILE (see llmctl finetune --help)")
-    columns = ColumnMap(instruction_field, input_field, output_field, messages_field, prompt_field, completion_field,
-                        text_field)
-    target_list = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
+    train = FinetuneTrainConfig(**given(max_steps=max_steps, max_time=parse_duration(max_time), batch_size=batch_size,
+                                        grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, eval_every=eval_every,
+                                        save_every=save_every, seed=seed))
+    columns = ColumnMap(**given(instruction=instruction_field, input=input_field, output=output_field,
+                                messages=messages_field, prompt=prompt_field, completion=completion_field,
+                                text=text_field))
+    config = FinetuneConfig(
+        **given(data=list(data), base=model, out=out_dir, method=method, format=format, rank=rank, alpha=alpha,
+                dropout=dropout, targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None,
+                epochs=epochs, max_length=max_length, eval_split=eval_split, name=name, resume=resume),
+        train=train, columns=columns, skip_bad_rows=skip_bad_rows, gradient_checkpointing=gradient_checkpointing,
+        qlora=qlora, register=not no_register,
+        dpo=DPOSettings(**given(beta=beta, label_smoothing=label_smoothing)),
+        distill=DistillSettings(**given(teacher=teacher, temperature=distill_temperature, alpha=distill_alpha)))
     if dry_run:
-        if method == "dpo":
-            raise UsageError("--dry-run inspects fine-tuning examples, not preference pairs",
-                             hint="drop --dry-run; llmctl data inspect shows a preference file")
-        _show_inspection(list(data), model, format, columns, max_length, batch_size, rank, target_list,
-                         skip_bad_rows, json_out)
+        _show_inspection(config, json_out)
         return
-    train = TrainConfig(max_steps=max_steps, max_time=parse_duration(max_time), batch_size=batch_size,
-                        grad_accum=grad_accum, lr=lr, min_lr=lr / 10, warmup_steps=warmup_steps, weight_decay=0.0,
-                        eval_every=eval_every, save_every=save_every, log_every=1, seed=seed)
-    config = FinetuneConfig(data=list(data), base=model, out=out_dir, train=train, format=format, columns=columns,
-                            skip_bad_rows=skip_bad_rows, rank=rank, alpha=alpha, dropout=dropout,
-                            targets=target_list,
-                            epochs=epochs, max_length=max_length, eval_split=eval_split,
-                            gradient_checkpointing=gradient_checkpointing, qlora=qlora, name=name, resume=resume,
-                            register=not no_register, method=method, beta=beta, label_smoothing=label_smoothing,
-                            teacher=teacher, distill_temperature=distill_temperature, distill_alpha=distill_alpha)
     with TrainProgress() as progress:
         summary = run_finetune(config, note=lambda text: err.print(f"[dim]{text}[/]"),
                                on_progress=progress.update)
@@ -106,7 +107,7 @@ def finetune(
         return
     err.print(f"[bold green]done[/]: {summary['steps']} steps in {summary['seconds']:.0f} s · validation loss "
               f"{summary['val_loss_before']} before → {summary['val_loss_after']} after")
-    if method != "lora":
+    if any(key.endswith("_after") and key != "val_loss_after" for key in summary):  # DPO rewards, KL, ...
         _show_before_after(summary)
     if summary.get("name"):
         err.print(f"adapter registered as [bold]{summary['name']}[/] ({summary['output_dir']}); "
@@ -143,14 +144,14 @@ def merge(name: Annotated[str, typer.Argument(help="A registered adapter.")],
         out.print(f"merged {name} into {result['output_dir']}" + (f", registered as {result['name']}" if result.get("name") else ""))
 
 
-def _show_inspection(data, model, fmt, columns, max_length, batch_size, rank, targets, skip_bad_rows, json_out) -> None:
+def _show_inspection(config: FinetuneConfig, json_out: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
     from llmctl.cli.render import bar_text
     from llmctl.finetune.inspect import inspect_data
 
-    doc = inspect_data(data, model, fmt, columns, max_length, batch_size, rank, targets, skip_bad_rows)
+    doc = inspect_data(config)
     if json_out:
         print_json(doc)
         return
@@ -173,23 +174,23 @@ def _show_inspection(data, model, fmt, columns, max_length, batch_size, rank, ta
     t, m = doc["tokens"], doc["memory_estimate"]
     out.print(f"min {t['min']} · mean {t['mean']} · max {t['max']} tokens · {doc['too_long']} longer than "
               f"--max-length {doc['max_length']}")
-    out.print(f"LoRA rank {rank}: {doc['lora_parameters']:,} trainable of {doc['parameters']:,} parameters · "
+    out.print(f"LoRA rank {config.rank}: {doc['lora_parameters']:,} trainable of {doc['parameters']:,} parameters · "
               f"memory estimate ~{m['total_gb']:.2f} GB (weights {m['weights_gb']:.2f}, activations "
-              f"{m['activations_gb']:.2f} at batch {batch_size})")
+              f"{m['activations_gb']:.2f} at batch {config.train.batch_size})")
 
 
 @app.command("inspect")
 def inspect(
     data: Annotated[list[Path], typer.Option("--data", "-d", help="Training data file(s).")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Base model.")] = "smollm2",
-    format: Annotated[str, typer.Option("--format")] = "auto",
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=f"Base model. [default: {DEFAULTS.base}]")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", help=f"[default: {DEFAULTS.format}]")] = None,
     max_length: Annotated[Optional[int], typer.Option("--max-length", min=2)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
-    rank: Annotated[int, typer.Option("--rank", min=1)] = 8,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help=f"[default: {DEFAULTS.train.batch_size}]")] = None,
+    rank: Annotated[Optional[int], typer.Option("--rank", min=1, help=f"[default: {DEFAULTS.rank}]")] = None,
     skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """One example through the chat template with masked tokens marked, lengths, and a memory estimate."""
-    from llmctl.finetune.data import ColumnMap
-
-    _show_inspection(list(data), model, format, ColumnMap(), max_length, batch_size, rank, None, skip_bad_rows, json_out)
+    config = FinetuneConfig(**given(data=list(data), base=model, format=format, max_length=max_length, rank=rank),
+                            train=FinetuneTrainConfig(**given(batch_size=batch_size)), skip_bad_rows=skip_bad_rows)
+    _show_inspection(config, json_out)

@@ -2,7 +2,8 @@
 tokens (KL(teacher ‖ student) at a temperature, as Hinton et al. 2015), mixed with ordinary cross-entropy.
 
 Both models read the same packed token ids, so they must share a tokenizer; for models that do not,
-distil through text instead (`llmctl data distill`, then fine-tune on its file).
+distil through text instead (`llmctl data distill`, then fine-tune on its file). The fine-tuning
+method `--method distill` is at the end.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from llmctl.errors import UsageError
-from llmctl.finetune.run import FinetuneTask
+from llmctl.finetune.config import DistillSettings
+from llmctl.finetune.sft import SupervisedLoRA
+from llmctl.finetune.task import FinetuneTask
 from llmctl.finetune.tokenize import IGNORE, Tokenized
-from llmctl.training.loop import TrainConfig, forward
+from llmctl.training.config import TrainConfig
+from llmctl.training.task import forward
 
 SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog. 1234567890 ¿Qué? def f(x): return x ** 2\n"
 SAMPLED_IDS = 64  # ids compared one by one, spread over the whole vocabulary
@@ -74,6 +78,7 @@ class DistillTask(FinetuneTask):
     """FinetuneTask's data and batches; the loss is α·KL(teacher ‖ student) + (1 − α)·CE per token."""
 
     eval_keys = ("val_loss", "val_kl", "val_ce")
+    reports_perplexity = False  # the loss mixes KL and cross-entropy: no perplexity
 
     def __init__(self, train: list[Tokenized], val: list[Tokenized], cfg: TrainConfig, teacher,
                  temperature: float = 2.0, alpha: float = 0.5):
@@ -107,3 +112,44 @@ class DistillTask(FinetuneTask):
         window, self._window = self._window, {"kl": 0.0, "ce": 0.0, "tokens": 0}
         tokens = window.pop("tokens")
         return {k: round(v / tokens, 5) for k, v in window.items()} if tokens else {}
+
+
+def load_teacher(ref: str, student: str, student_tokenizer):
+    """The teacher (a model or an adapter, merged), once it is known to share the tokenizer."""
+    from llmctl.finetune.models import load_merged
+    from llmctl.providers import capabilities_of
+    from llmctl.registry import Registry
+
+    entry = Registry().resolve(ref)
+    if not capabilities_of(entry).logits:
+        raise UsageError(f"--teacher {ref}: a remote ({entry.provider}) model gives no logits to distil",
+                         hint="distil through text: llmctl data distill, then llmctl finetune on its file")
+    _, teacher, tokenizer = load_merged(ref)
+    check_shared_tokenizer(student_tokenizer, tokenizer, student, ref)
+    return teacher
+
+
+class Distillation(SupervisedLoRA):
+    """Supervised fine-tuning's examples; the loss also pulls toward a teacher's logits."""
+
+    title = "logit distillation"
+    goes_on_from_adapter = True
+
+    def settings(self) -> DistillSettings:
+        return self.cfg.distill
+
+    def check(self) -> None:
+        if not self.cfg.distill.teacher:
+            raise UsageError("--method distill needs a teacher", hint="pass --teacher MODEL (a local registry model)")
+        check_distill_settings(self.cfg.distill.temperature, self.cfg.distill.alpha)
+
+    def load(self, tokenizer) -> None:
+        self.teacher = load_teacher(self.cfg.distill.teacher, self.cfg.base, tokenizer)
+
+    def task(self, train: list[Tokenized], val: list[Tokenized]) -> DistillTask:
+        settings = self.cfg.distill
+        return DistillTask(train, val, self.cfg.train, self.teacher, settings.temperature, settings.alpha)
+
+    def description(self, summary: dict) -> str:
+        return (f"LoRA adapter (rank {summary['rank']}) distilled from {self.cfg.distill.teacher} on "
+                f"{summary['base']}")

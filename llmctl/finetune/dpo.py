@@ -1,5 +1,5 @@
 """Direct preference optimisation (Rafailov et al. 2023): preference pairs, their tokens, the loss,
-and the training task that runs it on the shared loop.
+the training task that runs it on the shared loop, and the fine-tuning method `--method dpo`.
 
 Pairs are rendered exactly as LoRA fine-tuning renders examples (tokenize.encode), so the prompt
 tokens are identical; a response's log-probability is the sum over its tokens only.
@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from llmctl.answering import checked_messages
 from llmctl.errors import UsageError
+from llmctl.finetune.config import DPOSettings
 from llmctl.finetune.data import DataReport, Example, _string, read_rows
-from llmctl.finetune.run import FinetuneTask
+from llmctl.finetune.method import Method
+from llmctl.finetune.task import FinetuneTask
 from llmctl.finetune.tokenize import IGNORE, Tokenized, encode, pack, problem
-from llmctl.training.loop import TrainConfig, forward
+from llmctl.training.config import TrainConfig
+from llmctl.training.task import forward
 
 REWARD_KEYS = ("reward_margin", "reward_accuracy", "chosen_reward", "rejected_reward")
 
@@ -32,6 +35,10 @@ class PreferencePair:
     # log π_ref(response | prompt) of the starting weights, computed once before training
     ref_chosen: float = 0.0
     ref_rejected: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.chosen.tokens + self.rejected.tokens
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -182,6 +189,7 @@ class DPOTask(FinetuneTask):
 
     collate = staticmethod(pack_pairs)
     eval_keys = ("val_loss", *(f"val_{k}" for k in REWARD_KEYS))
+    reports_perplexity = False  # the loss is -log σ(reward margin), not a cross-entropy
 
     def __init__(self, train: list[PreferencePair], val: list[PreferencePair], cfg: TrainConfig, beta: float,
                  label_smoothing: float = 0.0):
@@ -219,3 +227,32 @@ def check_dpo_settings(beta: float, label_smoothing: float) -> None:
                                                                      "to the reference")
     if not 0 <= label_smoothing < 0.5:
         raise UsageError(f"--label-smoothing must be in [0, 0.5), got {label_smoothing}")
+
+
+class DPO(Method):
+    """Preference pairs instead of examples; the reference log-probs are the starting weights'."""
+
+    title = "DPO"
+    unit = "preference pairs"
+    goes_on_from_adapter = True  # usually after supervised fine-tuning
+
+    def settings(self) -> DPOSettings:
+        return self.cfg.dpo
+
+    def check(self) -> None:
+        check_dpo_settings(self.cfg.dpo.beta, self.cfg.dpo.label_smoothing)
+
+    def read(self, tokenizer, max_length: int) -> tuple[list[PreferencePair], DataReport]:
+        rows, report = load_pairs(self.cfg.data, self.cfg.skip_bad_rows)
+        return encode_pairs(tokenizer, rows, max_length, self.cfg.skip_bad_rows, report.skipped), report
+
+    def prepare(self, model, items: list[PreferencePair], device: torch.device, note: Callable[[str], None]) -> None:
+        # before the loop loads a checkpoint: a resumed run gets the same reference
+        note(f"reference log-probs of {len(items)} pairs with the starting weights")
+        add_reference_logps(model, items, self.cfg.train.batch_size, device)
+
+    def task(self, train: list[PreferencePair], val: list[PreferencePair]) -> DPOTask:
+        return DPOTask(train, val, self.cfg.train, self.cfg.dpo.beta, self.cfg.dpo.label_smoothing)
+
+    def description(self, summary: dict) -> str:
+        return f"DPO-trained LoRA adapter (rank {summary['rank']}, beta {self.cfg.dpo.beta}) on {summary['base']}"

@@ -7,11 +7,11 @@ size comes from its config on the meta device.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from llmctl.errors import UsageError
-from llmctl.finetune.data import ColumnMap, load_examples
+from llmctl.finetune.config import FinetuneConfig
+from llmctl.finetune.data import load_examples
 from llmctl.finetune.tokenize import IGNORE, encode
 
 BINS = 10
@@ -45,16 +45,20 @@ def lora_parameters(model, rank: int, targets: list[str] | None) -> int:
     return total
 
 
-def inspect_data(data: list[Path], model_ref: str, fmt: str = "auto", columns: ColumnMap | None = None,
-                 max_length: int | None = None, batch_size: int = 8, rank: int = 8, targets: list[str] | None = None,
-                 skip_bad_rows: bool = False) -> dict[str, Any]:
-    from llmctl.finetune.run import choose_template
+def inspect_data(cfg: FinetuneConfig) -> dict[str, Any]:
+    """What `cfg` would train on: its data, model, max_length, batch size, rank and targets."""
+    from llmctl.finetune.models import choose_template
+    from llmctl.finetune.run import method_class
 
-    entry, tokenizer, config, model = _tokenizer_and_size(model_ref)
+    unit = method_class(cfg.method).unit
+    if unit != "examples":
+        raise UsageError(f"--dry-run inspects fine-tuning examples, not {unit} (--method {cfg.method})",
+                         hint="drop --dry-run; llmctl data inspect shows any data file")
+    entry, tokenizer, config, model = _tokenizer_and_size(cfg.base)
     template = choose_template(entry, tokenizer)
-    examples, report = load_examples(data, fmt, columns, skip_bad_rows)
+    examples, report = load_examples(cfg.data, cfg.format, cfg.columns, cfg.skip_bad_rows)
     context = getattr(config, "max_position_embeddings", None) or 2048
-    limit = max_length or min(context, 2048)
+    limit = cfg.max_length or min(context, 2048)
     encoded = [encode(tokenizer, e) for e in examples]
     lengths = [len(t.ids) for t in encoded]
     first = encoded[0]
@@ -67,10 +71,10 @@ def inspect_data(data: list[Path], model_ref: str, fmt: str = "auto", columns: C
         else:
             pieces.append((text, learned))
     params = sum(p.numel() for p in model.parameters())
-    lora = lora_parameters(model, rank, targets)
+    lora = lora_parameters(model, cfg.rank, cfg.targets)
     hidden, layers = getattr(config, "hidden_size", 0), getattr(config, "num_hidden_layers", 0)
     mean = sum(lengths) / len(lengths)
-    batch_tokens = batch_size * mean
+    batch_tokens = cfg.train.batch_size * mean
     # Rough: fp32 weights; LoRA weights, grads and two Adam moments; activations ~ 34 bytes per
     # token per layer per hidden unit (Korthikanti et al.) plus the logits over the vocabulary.
     memory = {"weights_gb": params * 4 / 1e9, "lora_and_optimizer_gb": lora * 16 / 1e9,

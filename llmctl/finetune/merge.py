@@ -10,7 +10,7 @@ from llmctl.fsutil import save_pretrained_into
 
 
 def merge_adapter(name: str, out: Path, new_name: str | None = None, register: bool = True) -> dict:
-    from llmctl.finetune.run import load_merged
+    from llmctl.finetune.models import load_merged
     from llmctl.pretrain.run import default_name
     from llmctl.registry import ModelEntry, Registry
 

@@ -22,6 +22,10 @@ class Tokenized:
     labels: list[int]  # IGNORE where no loss (prompt tokens); the token itself where it is learned
     source: str
 
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
+
 
 def encode(tokenizer, example: Example) -> Tokenized:
     if example.text is not None:  # continued pretraining: every token is learned

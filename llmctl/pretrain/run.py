@@ -4,11 +4,9 @@ model directory, register it. Works the same under torchrun / accelerate launch 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -18,41 +16,21 @@ import torch
 
 from llmctl.errors import UsageError
 from llmctl.fsutil import atomic_write_json, save_pretrained_into
+from llmctl.pretrain.config import PretrainConfig
 from llmctl.pretrain.data import CorpusSpec
 from llmctl.pretrain.model import GPTConfig, build_model, count_parameters
 from llmctl.pretrain.prepare import prepare_data
 from llmctl.pretrain.shards import Manifest, load_tokens
-from llmctl.training.loop import TrainConfig, Trainer, cpu_only
+from llmctl.training.config import TrainConfig
+from llmctl.training.loop import Trainer, cpu_only
+from llmctl.training.task import TrainTask
 
 TRAIN_RECORD = "llmctl-train.json"
 
 
-@dataclass
-class PretrainConfig:
-    data: list[str]
-    out: Path
-    model: GPTConfig
-    train: TrainConfig = field(default_factory=TrainConfig)
-    preset: str = "tiny"
-    glob: str = "**/*"
-    text_field: str = "text"
-    min_chars: int = 1
-    val_fraction: float = 0.1
-    tokenizer: str = "bpe"  # bpe, char, or a registry model whose tokenizer to reuse
-    vocab_size: int = 4096
-    name: str | None = None
-    resume: str | None = None
-    prepare_only: bool = False
-    register: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["out"] = str(self.out)
-        return d
-
-
-class PretrainTask:
-    """Random windows of the token stream; the windows of step N depend only on (seed, N)."""
+class PretrainTask(TrainTask):
+    """Random windows of the token stream, next-token cross-entropy on every position; the windows of
+    step N depend only on (seed, N)."""
 
     def __init__(self, data_dir: Path, manifest: Manifest, tokenizer, context: int, train: TrainConfig):
         self.train_tokens = load_tokens(data_dir, "train", manifest)

@@ -1,123 +1,34 @@
 """The one training loop, for pretraining and fine-tuning alike, on accelerate.
 
 Shape (as torchtune's recipes): setup -> train -> save_checkpoint -> cleanup. What differs between
-levels is the model and the `TrainTask` (batches, evaluation extras, samples), never the loop.
-The batch for step N depends only on (seed, N), so a resumed run sees exactly the data an
-uninterrupted one would.
+levels is the model and the `TrainTask` (training/task.py: batches, loss, evaluation, samples),
+never the loop. The batch for step N depends only on (seed, N), so a resumed run sees exactly the
+data an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from llmctl.errors import TrainingError, UsageError
-from llmctl.training.checkpoint import find_checkpoint, read_checkpoint, resolve_resume, restore_rng, write_checkpoint
+from llmctl.training.checkpoint import read_checkpoint, resolve_resume, restore_rng, write_checkpoint
+from llmctl.training.config import TrainConfig
 from llmctl.training.metrics import MetricsLog, plot_loss
+from llmctl.training.task import TrainTask
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
-
-
-@dataclass
-class TrainConfig:
-    max_steps: int | None = None
-    max_tokens: int | None = None
-    max_time: float | None = None  # seconds
-    batch_size: int = 16  # sequences per device per micro-step
-    grad_accum: int = 1
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_every: int = 100
-    eval_batches: int = 10
-    save_every: int = 100
-    log_every: int = 10
-    seed: int = 1337
-    precision: str = "auto"  # auto, fp32, bf16, fp16
-    compile: bool = False
-    keep_checkpoints: int = 1
-
-    def check(self) -> None:
-        for name in ("batch_size", "grad_accum", "eval_every", "eval_batches", "save_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "max_tokens", "max_time"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
-            raise UsageError(f"need 0 < --lr and 0 <= --min-lr <= --lr, got lr={self.lr}, min-lr={self.min_lr}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise UsageError(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision}")
-        if self.max_steps is None and self.max_tokens is None and self.max_time is None:
-            self.max_steps = 1000
 
 
 def cpu_only() -> bool:
     """No accelerator here: accelerate must be told, or torchrun on CPU runs N separate jobs."""
     mps = getattr(torch.backends, "mps", None)
     return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
-
-
-class TrainTask(Protocol):
-    def train_batch(self, step: int, micro: int, rank: int, world: int) -> dict[str, torch.Tensor]:
-        """Micro-batch `micro` of step `step` for this process: input_ids, labels (-100 = no loss)."""
-
-    def eval_batches(self, rank: int, world: int) -> Iterable[dict[str, torch.Tensor]]:
-        """This process's share of the fixed validation set (the same set whatever `world` is)."""
-
-    def eval_extras(self, val_loss: float) -> dict[str, float]:
-        """Extra validation metrics (e.g. bits per character)."""
-
-    def sample(self, model) -> str | None:
-        """A short generation to show progress, or None."""
-
-    # A task whose objective is not next-token cross-entropy (DPO, distillation) may also define:
-    #   loss(model, batch) -> Tensor           the training loss of one micro-batch (default: lm_loss)
-    #   eval_keys: tuple[str, ...]             validation metric names, "val_loss" first
-    #   eval_sums(model, batch) -> dict        each eval_keys metric summed over the batch's items, and
-    #                                          "count": the number of items (the loop averages them)
-    #   train_metrics() -> dict[str, float]    extra numbers for the next progress row (e.g. DPO rewards)
-
-
-def task_loss(task, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    custom = getattr(task, "loss", None)
-    return custom(model, batch) if custom is not None else lm_loss(model, batch)
-
-
-def task_eval_sums(task, model, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-    custom = getattr(task, "eval_sums", None)
-    if custom is not None:
-        return custom(model, batch)
-    rows = batch["input_ids"].size(0)
-    return {"val_loss": float(lm_loss(model, batch)) * rows, "count": rows}
-
-
-def forward(model, batch: dict[str, torch.Tensor]):
-    """The model's output on a batch: plain rows, or packed rows with their positions and 4D mask."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                 position_ids=batch.get("position_ids"))
-
-
-def lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over positions whose label is not -100 (labels are already shifted)."""
-    out = forward(model, batch)
-    logits = out.logits
-    loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), batch["labels"].view(-1), ignore_index=-100)
-    aux = getattr(out, "aux_loss", None)
-    if aux is not None:  # mixture of experts: keep the router balanced
-        loss = loss + model.config.router_aux_loss_coef * aux
-    return loss
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
@@ -216,10 +127,9 @@ class Trainer:
                     now = time.perf_counter()
                     tps = window_tokens / max(1e-9, now - window_start)
                     window_start, window_tokens = now, 0
-                    extra = self.task.train_metrics() if hasattr(self.task, "train_metrics") else {}
                     self._emit({"step": s["step"], "loss": round(loss, 5), "lr": lr, "tokens": s["tokens"],
                                 "tokens_per_s": round(tps, 1), "elapsed": round(s["elapsed"], 2),
-                                "progress": self.progress(s["elapsed"]), **extra})
+                                "progress": self.progress(s["elapsed"]), **self.task.train_metrics()})
                 if s["step"] % c.eval_every == 0:
                     self.evaluate()
                 if s["step"] % c.save_every == 0:
@@ -247,7 +157,7 @@ class Trainer:
             sync = micro == c.grad_accum - 1
             context = acc.no_sync(self.model) if not sync and world > 1 else _null()
             with context, acc.autocast():
-                loss = task_loss(self.task, self.model, batch) / c.grad_accum
+                loss = self.task.loss(self.model, batch) / c.grad_accum
             acc.backward(loss)
             total += loss.detach()
         mean = acc.reduce(total, reduction="mean") if world > 1 else total
@@ -266,21 +176,19 @@ class Trainer:
         model.eval()
         acc = self.accelerator
         # Every process sums the same keys in the same order (even with no batches) so they reduce.
-        keys = [*getattr(self.task, "eval_keys", ("val_loss",)), "count"]
+        keys = [*self.task.eval_keys, "count"]
         totals = torch.zeros(len(keys), device=self.device, dtype=torch.float64)
         for batch in self.task.eval_batches(acc.process_index, acc.num_processes):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with acc.autocast():
-                sums = task_eval_sums(self.task, model, batch)
+                sums = self.task.eval_sums(model, batch)
             totals += torch.tensor([sums[k] for k in keys], device=self.device, dtype=torch.float64)
         if acc.num_processes > 1:
             totals = acc.reduce(totals, reduction="sum")
         means = {k: float(totals[i] / totals[-1].clamp(min=1)) for i, k in enumerate(keys[:-1])}
         val_loss = means.pop("val_loss")
-        row = {"step": self.state["step"], "val_loss": round(val_loss, 5)}
-        if hasattr(self.task, "eval_sums"):  # not a cross-entropy: a perplexity would mean nothing
-            row.update({k: round(v, 5) for k, v in means.items()})
-        else:
+        row = {"step": self.state["step"], "val_loss": round(val_loss, 5), **{k: round(v, 5) for k, v in means.items()}}
+        if self.task.reports_perplexity:
             row["val_ppl"] = round(math.exp(min(val_loss, 50)), 3)
         row.update(self.task.eval_extras(val_loss))
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -337,6 +245,3 @@ class _null:
 
     def __exit__(self, *exc):
         return False
-
-
-__all__ = ["TrainConfig", "Trainer", "TrainTask", "lm_loss", "task_loss", "find_checkpoint"]

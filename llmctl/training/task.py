@@ -1,0 +1,67 @@
+"""What the training loop asks of a level (pretraining, each fine-tuning method): batches, the loss,
+evaluation, progress extras and samples. `TrainTask` gives next-token cross-entropy everywhere a
+task has nothing else to say; a task overrides only what differs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+
+
+def forward(model, batch: dict[str, torch.Tensor]):
+    """The model's output on a batch: plain rows, or packed rows with their positions and 4D mask."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                 position_ids=batch.get("position_ids"))
+
+
+def lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over positions whose label is not -100 (labels are already shifted)."""
+    out = forward(model, batch)
+    logits = out.logits
+    loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), batch["labels"].view(-1), ignore_index=-100)
+    aux = getattr(out, "aux_loss", None)
+    if aux is not None:  # mixture of experts: keep the router balanced
+        loss = loss + model.config.router_aux_loss_coef * aux
+    return loss
+
+
+class TrainTask:
+    """The data and objective of one training run. The batches of step N must depend only on
+    (seed, N), so that a resumed run sees exactly what an uninterrupted one would."""
+
+    # Validation metric names, "val_loss" first; eval_sums returns each of them summed over a batch.
+    eval_keys: tuple[str, ...] = ("val_loss",)
+    # The validation loss is next-token cross-entropy, so its perplexity means something.
+    reports_perplexity: bool = True
+
+    def train_batch(self, step: int, micro: int, rank: int, world: int) -> dict[str, torch.Tensor]:
+        """Micro-batch `micro` of step `step` for this process: input_ids, labels (-100 = no loss)."""
+        raise NotImplementedError
+
+    def eval_batches(self, rank: int, world: int) -> Iterable[dict[str, torch.Tensor]]:
+        """This process's share of the fixed validation set (the same set whatever `world` is)."""
+        raise NotImplementedError
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss of one micro-batch."""
+        return lm_loss(model, batch)
+
+    def eval_sums(self, model, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Each eval_keys metric summed over the batch's items, and "count", the number of items:
+        the loop adds them up over every process and batch, then divides."""
+        rows = batch["input_ids"].size(0)
+        return {"val_loss": float(lm_loss(model, batch)) * rows, "count": rows}
+
+    def eval_extras(self, val_loss: float) -> dict[str, float]:
+        """Metrics derived from the validation loss (e.g. bits per character)."""
+        return {}
+
+    def train_metrics(self) -> dict[str, float]:
+        """Numbers for the next progress row besides the loss (e.g. DPO's rewards since the last row)."""
+        return {}
+
+    def sample(self, model) -> str | None:
+        """A short generation to show progress, or None."""
+        return None
