@@ -170,18 +170,18 @@ def attention_grid(amap) -> Table:
     """Attention as shaded cells: a row per token, a column per token it may attend to."""
     head = f"head {amap.head}" if amap.head is not None else f"mean of {amap.heads} heads"
     table = Table(title=f"attention · {amap.model} · layer {amap.layer} (of 0-{amap.layers - 1}), {head} "
-                        f"(░▒▓█ = more weight)", title_justify="left", show_edge=False, pad_edge=False,
-                  padding=(0, 0))
-    table.add_column("#", justify="right", style="dim")
-    table.add_column("token ", justify="right")
+                        f"(░▒▓█ = more weight)", title_justify="left", box=None, padding=(0, 0))
+    table.add_column("# ", justify="right", style="dim")
+    table.add_column("token", justify="right")
+    table.add_column(" ")
     for key in range(len(amap.tokens)):
-        table.add_column(str(key % 10), justify="center", style="cyan", no_wrap=True)
+        table.add_column(str(key % 10), justify="left", style="cyan", no_wrap=True)
     table.add_column("  most attended", no_wrap=True)
     for query, row in enumerate(amap.weights):
         cells = [SHADES[min(len(SHADES) - 1, int(w * (len(SHADES) - 1) + 0.999))] * 2 if key <= query else ""
                  for key, w in enumerate(row)]
         best = max(range(query + 1), key=lambda key: row[key])
-        table.add_row(str(query), visible_token(amap.tokens[query].text) + " ", *cells,
+        table.add_row(f"{query} ", visible_token(amap.tokens[query].text), "", *cells,
                       f"  {visible_token(amap.tokens[best].text)} {row[best]:.2f}")
     return table
 

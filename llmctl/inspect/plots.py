@@ -124,5 +124,5 @@ def attention_figure(amap: AttentionMap) -> Figure:
     ax.set_ylabel("token (query)")
     figure.colorbar(image, ax=ax, shrink=0.8, label="attention weight")
     head = f"head {amap.head}" if amap.head is not None else f"mean of {amap.heads} heads"
-    ax.set_title(f"attention · {amap.model} · layer {amap.layer} of {amap.layers}, {head}", fontsize=10)
+    ax.set_title(f"attention · {amap.model} · layer {amap.layer} (of 0-{amap.layers - 1}), {head}", fontsize=10)
     return figure
