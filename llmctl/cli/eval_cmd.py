@@ -129,6 +129,52 @@ def exact(
     close_gated(run, options, doc, render, exact_cases(results))
 
 
+@app.command("lineage")
+def lineage(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A registered local model: its ancestors and descendants are compared.")],
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", "-p", help="Prompts: JSONL or text, one per line (default: four short built-in prompts).")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=512, help="Greedy tokens per answer.")] = 16,
+    save: Annotated[Optional[Path], typer.Option("--save", help="Run directory (default: LLMCTL_HOME/evals/<run-id>).")] = None,
+    fail_under: FailUnderOpt = None, fail_over: FailOverOpt = None, baseline: BaselineOpt = None,
+    max_drop: MaxDropOpt = None, junit: JUnitOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run a model's registered relatives (base, adapter, merged model, export) on the same prompts, greedy, and
+    compare each parent-child pair. Metrics: agreement (lowest token agreement) and max_logit_diff (highest)
+    over merges and exports, and agreement:PARENT->CHILD, max_logit_diff:PARENT->CHILD for every pair.
+
+    Example: llmctl eval lineage my-adapter --fail-under agreement=1.0 --fail-over max_logit_diff=0.01
+    """
+    from rich.table import Table
+
+    from llmctl.answering import load_prompts
+    from llmctl.evaluate.lineage import run_lineage
+
+    options = ci_options(fail_under, fail_over, baseline, max_drop, junit)
+    texts = [item.text for item in load_prompts(prompts)] if prompts else None
+    with StageProgress() as progress:
+        run = run_lineage(name, texts, max_tokens, state(ctx).config().config, save, progress.update)
+    metrics = run.summary["metrics"]
+
+    def render() -> None:
+        table = Table(show_edge=False, pad_edge=False)
+        for column in ("parent -> child", "kind", "agreement", "max logit diff", "first difference"):
+            table.add_column(column, justify="left" if column in ("parent -> child", "kind") else "right")
+        for edge in run.summary["edges"]:
+            label = f"{edge['parent']}->{edge['child']}"
+            firsts = [f"#{r['index'] + 1} at token {r['first_difference']}" for r in run.rows
+                      if r["edge"] == label and r["first_difference"] is not None]
+            table.add_row(escape(label), "merge/export" if edge["same_output"] else "fine-tune",
+                          fmt(metrics[f"agreement:{label}"], 4), fmt(metrics[f"max_logit_diff:{label}"], 6),
+                          escape(", ".join(firsts[:3]) or "-"))
+        out.print(table)
+        out.print(f"[bold]{escape(name)}[/]: agreement {fmt(metrics['agreement'], 4)} · max logit diff "
+                  f"{fmt(metrics['max_logit_diff'], 6)} (merges and exports) [dim]saved as {escape(run.id)}[/]")
+
+    close_gated(run, options, {**run.summary, "rows": run.rows} if json_out else None, render)
+
+
 # -- LLM as a judge, comparison, saved runs ---------------------------------------------------------
 
 PromptsOpt = Annotated[Optional[Path], typer.Option("--prompts", "-p", help="Prompts: JSONL (prompt/question/instruction/messages; a 'response' field is judged as given) or text, one per line.")]
