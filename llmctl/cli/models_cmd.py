@@ -49,13 +49,14 @@ def list_models(json_out: JsonOpt = False) -> None:
 @app.command("show")
 def show(name: Annotated[str, typer.Argument(help="Registry name, alias or model reference.")],
          json_out: JsonOpt = False) -> None:
-    """Show everything the registry knows about a model: source, template, lineage, info."""
+    """Show everything the registry knows about a model: source, template, lineage, info; for a LoRA adapter, what it trains."""
     registry = Registry()
     entry = registry.resolve(name)
     doc = _entry_doc(entry, _aliases_of(registry).get(entry.name, []))
     doc.update(_embedded_status(entry))
+    share = _lora_share(entry)
     if json_out:
-        print_json(doc)
+        print_json({**doc, "lora": share.to_dict()} if share else doc)
         return
     from rich.table import Table
 
@@ -69,6 +70,19 @@ def show(name: Annotated[str, typer.Argument(help="Registry name, alias or model
             value = ", ".join(value) or "-"
         table.add_row(key, fmt_value(value))
     out.print(table)
+    if share:
+        from llmctl.cli.render import lora_share_table
+
+        out.print(lora_share_table(share))
+
+
+def _lora_share(entry: ModelEntry):
+    """For a LoRA adapter: what it trains, per module, and its share of the model (from shapes only)."""
+    if not entry.adapter:
+        return None
+    from llmctl.finetune.lora_share import adapter_share
+
+    return adapter_share(entry)
 
 
 def _embedded_status(entry: ModelEntry) -> dict:

@@ -12,6 +12,7 @@ from typing import Any
 from llmctl.errors import UsageError
 from llmctl.finetune.config import FinetuneConfig
 from llmctl.finetune.data import load_examples
+from llmctl.finetune.lora_share import lora_share
 from llmctl.finetune.tokenize import IGNORE, encode
 
 BINS = 10
@@ -32,17 +33,6 @@ def _tokenizer_and_size(ref: str):
     with torch.device("meta"):  # shapes only: no memory, no weights read
         model = AutoModelForCausalLM.from_config(config)
     return entry, tokenizer, config, model
-
-
-def lora_parameters(model, rank: int, targets: list[str] | None) -> int:
-    import torch
-
-    total = 0
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and "lm_head" not in name:
-            if targets is None or name.split(".")[-1] in targets:
-                total += rank * (module.in_features + module.out_features)
-    return total
 
 
 def inspect_data(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -71,7 +61,8 @@ def inspect_data(cfg: FinetuneConfig) -> dict[str, Any]:
         else:
             pieces.append((text, learned))
     params = sum(p.numel() for p in model.parameters())
-    lora = lora_parameters(model, cfg.rank, cfg.targets)
+    share = lora_share(config, cfg.rank, cfg.targets)
+    lora = share.trainable
     hidden, layers = getattr(config, "hidden_size", 0), getattr(config, "num_hidden_layers", 0)
     mean = sum(lengths) / len(lengths)
     batch_tokens = cfg.train.batch_size * mean
@@ -89,6 +80,7 @@ def inspect_data(cfg: FinetuneConfig) -> dict[str, Any]:
     return {
         "format": report.format, "rows": report.rows, "examples": report.examples, "skipped_rows": len(report.skipped),
         "template": template, "model": entry.name, "parameters": params, "lora_parameters": lora,
+        "lora": share.to_dict(),
         "max_length": limit, "too_long": sum(1 for n in lengths if n > limit),
         "tokens": {"min": low, "mean": round(mean, 1), "max": high, "total": sum(lengths)},
         "histogram": histogram, "example": {"source": first.source, "pieces": pieces,
