@@ -75,24 +75,3 @@ class StopMatcher:
     def flush(self) -> str:
         out, self.pending = self.pending, ""
         return out
-
-
-class IncrementalDetokenizer:
-    """Turns token ids into text deltas without splitting multi-byte characters.
-
-    Decoding tokens one at a time breaks words and UTF-8 sequences that span tokens, so we decode
-    the whole sequence and emit only the new suffix, holding back an incomplete character.
-    """
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.emitted = 0
-
-    def add(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return ""
-        delta, self.emitted = text[self.emitted:], len(text)
-        return delta

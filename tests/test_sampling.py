@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from llmctl.sampling import IncrementalDetokenizer, StopMatcher, apply_repetition_penalty, filter_top_k_top_p, sample_next
+from llmctl.backends.detokenize import StreamDetokenizer
+from llmctl.sampling import StopMatcher, apply_repetition_penalty, filter_top_k_top_p, sample_next
 from tests.tiny_models import build_tokenizer
 
 
@@ -65,7 +66,7 @@ def test_detokenizer_never_splits_a_character():
     tokenizer = build_tokenizer(None)
     text = "Größe über café — ok"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    detok = IncrementalDetokenizer(tokenizer)
-    deltas = [detok.add(i) for i in ids]
+    detok = StreamDetokenizer(tokenizer)
+    deltas = [detok.add(i) for i in ids] + [detok.flush()]
     assert "".join(deltas) == text
     assert all("\ufffd" not in d for d in deltas)
