@@ -37,6 +37,7 @@ def prompt(
     raw: Annotated[bool, typer.Option("--raw", help="Complete the text as is, without the chat template.")] = False,
     no_log: Annotated[bool, typer.Option("--no-log", help="Do not record this exchange in the log.")] = False,
     continue_: Annotated[bool, typer.Option("--continue", "-c", help="Continue the most recent conversation.")] = False,
+    compare: Annotated[bool, typer.Option("--compare", help="With --shots: answer zero-shot and few-shot, with how likely each makes the few-shot answer's first token (not logged).")] = False,
 ) -> None:
     """Send a prompt to a model and stream the response.
 
@@ -56,9 +57,16 @@ def prompt(
                                         system_given=system is not None, base_url=base_url)
     if shots is not None:
         conversation.shots = load_shots(shots)
+    elif compare:
+        from llmctl.errors import UsageError
+
+        raise UsageError("--compare needs few-shot examples", hint="pass --shots FILE")
     with err.status(f"loading {entry.name}…", spinner="dots") if not json_out else nullcontext():
         backend = open_backend(entry, cfg)
     try:
+        if compare:
+            _show_comparison(backend, conversation, body, sampling_params(cfg, stop), raw, json_out)
+            return
         request = build_request(backend, conversation, body, sampling_params(cfg, stop), raw=raw, top_probs=top_probs)
         rendered = backend.render(request)
         if show_prompt:
@@ -95,3 +103,16 @@ def prompt(
             err.print("[yellow]no token was generated, so there is no distribution to show[/]")
     finally:
         backend.close()
+
+
+def _show_comparison(backend, conversation, body, params, raw: bool, json_out: bool) -> None:
+    from llmctl.inspect.shots import compare_shots
+
+    result = compare_shots(backend, conversation, body, params, raw=raw)
+    if json_out:
+        print_json(result.to_dict())
+        return
+    from llmctl.cli.output import out
+    from llmctl.cli.render import shot_comparison_text
+
+    out.print(shot_comparison_text(result))
