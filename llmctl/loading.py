@@ -73,10 +73,15 @@ def quiet_transformers() -> None:
 def weights_source(entry: ModelEntry, config: Config) -> tuple[str, str]:
     """What to hand to `from_pretrained` for the entry's full weights (an adapter's base), and where
     they come from."""
-    from llmctl.embedded import locate_weights
+    from llmctl.embedded import gguf_file_weights, is_gguf_file, locate_weights
 
     base = Registry().base_of(entry) if entry.adapter else entry
-    source, origin = locate_weights(base.source, offline=is_offline(config))
+    if is_gguf_file(base.source):  # an exported (or downloaded) GGUF: converted once into the cache
+        from llmctl.export.reader import load_gguf
+
+        source, origin = gguf_file_weights(base.source, load_gguf)
+    else:
+        source, origin = locate_weights(base.source, offline=is_offline(config))
     return source, f"{origin} + adapter {entry.adapter}" if entry.adapter else origin
 
 
