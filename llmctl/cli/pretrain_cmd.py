@@ -17,13 +17,17 @@ from llmctl.training.config import TrainConfig, given
 DEFAULTS = PretrainConfig(data=[])
 TRAIN = DEFAULTS.train
 
+app = typer.Typer(invoke_without_command=True, no_args_is_help=True)
+
 
 def _is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+@app.callback()
 def pretrain(
-    data: Annotated[list[str], typer.Option("--data", "-d", help="Text file, directory, JSONL/CSV/Parquet file, or 'python-stdlib'. Repeatable.")],
+    ctx: typer.Context,
+    data: Annotated[Optional[list[str]], typer.Option("--data", "-d", help="Text file, directory, JSONL/CSV/Parquet file, or 'python-stdlib'. Repeatable.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help=f"Run directory: the model, data/, checkpoints/, metrics. [default: {DEFAULTS.out}]")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help=f"tiny (~1M params), small (~10M), gpt2-124m. [default: {DEFAULTS.preset}]")] = None,
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help=f"bpe (trained here), char, or a registry model to borrow from. [default: {DEFAULTS.tokenizer}]")] = None,
@@ -69,7 +73,14 @@ def pretrain(
 
     Example: llmctl pretrain --data python-stdlib --preset tiny --max-time 2m --out runs/pystd
     Many devices: torchrun --nproc_per_node 2 -m llmctl pretrain ... (or accelerate launch -m llmctl pretrain ...)
+    See the training pairs it learns from: llmctl pretrain pairs "Every effort moves you forward"
     """
+    if ctx.invoked_subcommand:
+        return
+    if not data:
+        from llmctl.errors import UsageError
+
+        raise UsageError("no training data", hint="pass --data FILE_OR_DIR, or --data python-stdlib")
     from llmctl.cli.train_progress import TrainProgress
     from llmctl.pretrain.model import preset as make_preset
     from llmctl.pretrain.run import pretrain as run_pretrain
@@ -100,3 +111,36 @@ def pretrain(
                   f"in {summary['data_dir']}")
     else:
         progress.print_summary(summary)
+
+
+@app.command("pairs")
+def pairs(
+    ctx: typer.Context,
+    text: Annotated[Optional[str], typer.Argument(help="Plain text. Also read from stdin when piped (both: joined).")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", "-m", help="A registry model, model directory or pretraining run: its tokenizer cuts the text, its weights give the loss. Default: config 'model' (smollm2).")] = None,
+    context: Annotated[Optional[int], typer.Option("--context", min=1, help="Input tokens per training sample. [default: the whole text, up to the model's context]")] = None,
+    no_loss: Annotated[bool, typer.Option("--no-loss", help="Only the pairs: read the tokenizer, not the weights.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """The self-supervised training pairs TEXT makes (input tokens -> next token), with the loss the model gives each target.
+
+    Example: llmctl pretrain pairs "Every effort moves you forward" · llmctl pretrain pairs -m runs/pystd-gpt --context 8 "def add(a, b):"
+    """
+    from contextlib import nullcontext
+
+    from llmctl.cli.options import state
+    from llmctl.inspect.pairs import training_pairs
+    from llmctl.prompting import read_prompt_text
+
+    body = read_prompt_text(text, "pretrain pairs")
+    cfg = state(ctx).config({"model": tokenizer}).config
+    with err.status(f"loading {cfg.model}…", spinner="dots") if not json_out else nullcontext():
+        result = training_pairs(cfg.model, body, context, with_loss=not no_loss, config=cfg)
+    if json_out:
+        print_json(result.to_dict())
+        return
+    from llmctl.cli.output import out
+    from llmctl.cli.render import pairs_summary, pairs_table
+
+    out.print(pairs_table(result))
+    out.print(pairs_summary(result))

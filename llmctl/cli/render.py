@@ -141,6 +141,18 @@ def pairs_table(result) -> Table:
     return table
 
 
+def pairs_summary(result) -> Text:
+    n, samples = len(result.pairs), result.samples
+    text = Text(f"{n} pair{'s' if n != 1 else ''} from {len(result.tokens)} tokens in {samples} "
+                f"sample{'s' if samples != 1 else ''} of up to {result.context + 1} tokens")
+    if result.mean_loss is not None:
+        text.append(f" · mean loss {result.mean_loss:.3f} nats (perplexity {math.exp(result.mean_loss):.1f}) "
+                    f"from {result.loss_from}")
+    for note in result.notes:
+        text.append(f"\n{note}", style="yellow")
+    return text
+
+
 def routing_table(routing) -> Table:
     """The experts each token went to, per layer, likeliest first."""
     table = Table(title=f"experts chosen per token (top {routing.top_k} of {routing.experts}, likeliest first) · "
