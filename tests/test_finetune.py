@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from llmctl.errors import UsageError
+from llmctl.finetune.config import FinetuneConfig
 from llmctl.finetune.data import ColumnMap, load_examples
+from llmctl.finetune.sft import SupervisedLoRA
+from llmctl.finetune.task import FinetuneTask
 from llmctl.finetune.tokenize import IGNORE, encode, pack
 from tests.cli_helpers import assert_resume_is_exact, write_jsonl
 
@@ -140,8 +143,6 @@ def test_base_model_without_template_gets_alpaca(cli, tmp_path, tiny_base_model)
 
 def test_resume_is_exact(cli, tmp_path, tiny_chat_model, monkeypatch):
     """Ctrl-C at step 4 saves a checkpoint; --resume auto ends with the weights of an unbroken run."""
-    from llmctl.finetune.task import FinetuneTask
-
     data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
     common = ["--data", str(data), "-m", str(tiny_chat_model), "--max-steps", "8", "--batch-size", "2",
               "--save-every", "100", "--eval-every", "100", "--lr", "1e-2", "--dropout", "0.1", "--no-register"]
@@ -155,6 +156,7 @@ def test_resume_is_exact(cli, tmp_path, tiny_chat_model, monkeypatch):
     (["--max-length", "8"], 2, "longer than the maximum length 8"),
     (["--qlora"], 2, "QLoRA needs a CUDA GPU"),
     (["--format", "yaml"], 2, "unknown --format 'yaml'"),
+    (["--beta", "0.5"], 2, "--beta is for --method dpo, not lora"),
 ])
 def test_errors(cli, tmp_path, tiny_chat_model, args, code, message):
     data = write_jsonl(tmp_path / "d.jsonl", PAIRS[:4])
@@ -190,3 +192,67 @@ def test_gradient_checkpointing_and_chat_data_train(cli, tmp_path, tiny_chat_mod
     assert r.code == 0, r.err
     summary = r.json()
     assert summary["format"] == "chat" and summary["steps"] == 2 and summary["val_loss_after"] is not None
+
+
+class LabelSmoothedTask(FinetuneTask):
+    """A throwaway objective: cross-entropy against labels smoothed by 0.1."""
+
+    def loss(self, model, batch):
+        import torch.nn.functional as F
+
+        from llmctl.training.task import forward
+
+        logits = forward(model, batch).logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), batch["labels"].view(-1),
+                               ignore_index=IGNORE, label_smoothing=0.1)
+
+    def train_metrics(self):
+        return {"smoothing": 0.1}
+
+
+class LabelSmoothed(SupervisedLoRA):
+    """A method as README's "Adding a fine-tuning method" describes: one class, one line in METHODS."""
+
+    title = "label-smoothed LoRA"
+
+    def task(self, train, val):
+        return LabelSmoothedTask(train, val, self.cfg.train)
+
+    def description(self, summary):
+        return f"label-smoothed LoRA adapter on {summary['base']}"
+
+
+def test_a_new_method_is_one_class_and_one_table_line(cli, tmp_path, tiny_chat_model, monkeypatch):
+    from llmctl.finetune import run
+
+    monkeypatch.setitem(run.METHODS, "smooth", LabelSmoothed)
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS[:10])
+    out = tmp_path / "smooth"
+    r = cli("finetune", "--method", "smooth", "--data", str(data), "-m", str(tiny_chat_model), "--out", str(out),
+            "--max-steps", "2", "--batch-size", "2", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["method"] == "smooth" and r.json()["val_loss_after"] is not None
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["smoothing"] for row in rows if "loss" in row] == [0.1, 0.1]
+    assert json.loads((out / "llmctl-finetune.json").read_text())["config"]["method"] == "smooth"
+    shown = cli("models", "show", "smooth", "--json").json()
+    assert shown["description"] == f"label-smoothed LoRA adapter on {tiny_chat_model}"
+    assert shown["lineage"]["method"] == "smooth" and shown["base"] == str(tiny_chat_model)
+    unknown = cli("finetune", "--method", "nosuch", "--data", str(data), "-m", str(tiny_chat_model))
+    assert unknown.code == 2 and "lora, dpo, distill, smooth" in unknown.err
+
+
+def test_the_cli_passes_only_what_was_given(cli, tmp_path, monkeypatch):
+    """Python callers of FinetuneConfig get exactly the command's defaults, and --help shows them."""
+    from llmctl.finetune import run
+
+    seen = []
+    monkeypatch.setattr(run, "finetune", lambda config, **kwargs: seen.append(config) or {})
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS[:4])
+    assert cli("finetune", "--data", str(data), "--json").code == 0
+    assert seen[0].to_dict() == FinetuneConfig(data=[data]).to_dict()
+    assert seen[0].train.lr == 2e-4 and seen[0].train.min_lr == 2e-5 and seen[0].train.batch_size == 8
+    assert cli("finetune", "--data", str(data), "--lr", "1e-2", "--beta", "0.1", "--json").code == 0
+    assert seen[1].train.min_lr == pytest.approx(1e-3)  # the cosine ends at a tenth of the peak given
+    shown = cli("finetune", "--help").out
+    assert "[default: 0.0002]" in shown and "[default: smollm2]" in shown and "[default: 0.1]" in shown

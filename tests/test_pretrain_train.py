@@ -243,3 +243,18 @@ def test_no_disk_space_for_shards_leaves_nothing(corpus_file, tmp_path, monkeypa
     with pytest.raises(UsageError, match="no disk space left for token shards"):
         prepare_data(CorpusSpec([str(corpus_file)]), "char", 0, data, 1, 0.1)
     assert not list(data.glob("*.bin")) and not list(data.glob(".*.tmp")) and not (data / "manifest.json").exists()
+
+
+def test_the_cli_passes_only_what_was_given(cli, corpus_file, monkeypatch):
+    """Python callers of PretrainConfig get exactly the command's defaults, and --help shows them."""
+    from llmctl.pretrain import run
+    from llmctl.pretrain.config import PretrainConfig
+
+    seen = []
+    monkeypatch.setattr(run, "pretrain", lambda config, **kwargs: seen.append(config) or {"prepared": True})
+    assert cli("pretrain", "--data", str(corpus_file), "--json").code == 0
+    assert seen[0].to_dict() == PretrainConfig(data=[str(corpus_file)]).to_dict()
+    assert cli("pretrain", "--data", str(corpus_file), "--preset", "small", "--width", "96", "--json").code == 0
+    assert seen[1].preset == "small" and seen[1].model.width == 96 and seen[1].model.layers == 6
+    shown = cli("pretrain", "--help").out
+    assert "[default: 0.001]" in shown and "[default: runs/gpt]" in shown and "[default: tiny]" in shown
