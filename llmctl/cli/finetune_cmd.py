@@ -148,8 +148,9 @@ def _show_inspection(config: FinetuneConfig, json_out: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from llmctl.cli.render import bar_text
+    from llmctl.cli.render import bar_text, lora_share_table
     from llmctl.finetune.inspect import inspect_data
+    from llmctl.finetune.lora_share import LoraShare
 
     doc = inspect_data(config)
     if json_out:
@@ -174,8 +175,8 @@ def _show_inspection(config: FinetuneConfig, json_out: bool) -> None:
     t, m = doc["tokens"], doc["memory_estimate"]
     out.print(f"min {t['min']} · mean {t['mean']} · max {t['max']} tokens · {doc['too_long']} longer than "
               f"--max-length {doc['max_length']}")
-    out.print(f"LoRA rank {config.rank}: {doc['lora_parameters']:,} trainable of {doc['parameters']:,} parameters · "
-              f"memory estimate ~{m['total_gb']:.2f} GB (weights {m['weights_gb']:.2f}, activations "
+    out.print(lora_share_table(LoraShare.from_dict(doc["lora"])))
+    out.print(f"memory estimate ~{m['total_gb']:.2f} GB (weights {m['weights_gb']:.2f}, activations "
               f"{m['activations_gb']:.2f} at batch {config.train.batch_size})")
 
 
@@ -190,7 +191,7 @@ def inspect(
     skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """One example through the chat template with masked tokens marked, lengths, and a memory estimate."""
+    """One example through the chat template with masked tokens marked, lengths, what LoRA trains, and a memory estimate."""
     config = FinetuneConfig(**given(data=list(data), base=model, format=format, max_length=max_length, rank=rank),
                             train=FinetuneTrainConfig(**given(batch_size=batch_size)), skip_bad_rows=skip_bad_rows)
     _show_inspection(config, json_out)

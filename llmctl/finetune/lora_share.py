@@ -45,6 +45,10 @@ class LoraShare:
         """Trained parameters over all the parameters training holds (base + LoRA), as peft reports it."""
         return self.trainable / (self.base_parameters + self.trainable)
 
+    @classmethod
+    def from_dict(cls, doc: dict) -> "LoraShare":
+        return cls(doc["rank"], doc["targets"], doc["base_parameters"], [ModuleShare(**m) for m in doc["modules"]])
+
     def to_dict(self) -> dict:
         return {"rank": self.rank, "targets": self.targets, "trainable_parameters": self.trainable,
                 "base_parameters": self.base_parameters, "share": self.share,
