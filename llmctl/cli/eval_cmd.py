@@ -129,6 +129,49 @@ def exact(
     close_gated(run, options, doc, render, exact_cases(results))
 
 
+@app.command("harness")
+def harness(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option("--model", "-m", help="Local model: registry name, directory or adapter.")],
+    tasks: Annotated[str, typer.Option("--tasks", help="lm-evaluation-harness tasks, comma-separated: arc_easy,hellaswag (llmctl_capitals runs offline).")],
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many examples per task.")] = None,
+    num_fewshot: Annotated[Optional[int], typer.Option("--num-fewshot", min=0, help="Examples shown before each question (default: the task's).")] = None,
+    include: Annotated[Optional[list[Path]], typer.Option("--include", help="A folder of your own task YAML files (repeatable).")] = None,
+    batch_size: BatchSizeOpt = 8,
+    save: Annotated[Optional[Path], typer.Option("--save", help="Run directory (default: LLMCTL_HOME/evals/<run-id>).")] = None,
+    fail_under: FailUnderOpt = None, fail_over: FailOverOpt = None, baseline: BaselineOpt = None,
+    max_drop: MaxDropOpt = None, junit: JUnitOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Standard benchmarks through lm-evaluation-harness (pip install 'llmctl[eval]'). Metrics: METRIC:TASK
+    (acc:arc_easy, acc_norm:hellaswag), and METRIC alone when one task is run."""
+    from rich.table import Table
+
+    from llmctl.evaluate.harness import run_harness
+
+    options = ci_options(fail_under, fail_over, baseline, max_drop, junit)
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    with err.status(f"running {', '.join(names)} on {model}…"):
+        run = run_harness(model, names, limit, num_fewshot, batch_size, include, state(ctx).config().config, save)
+
+    def render() -> None:
+        table = Table(show_edge=False, pad_edge=False)
+        for column in ("task", "metric", "value", "stderr", "examples"):
+            table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+        for row in run.rows:
+            for key, value in row["figures"].items():
+                if "," in key and "_stderr" not in key and isinstance(value, (int, float)):
+                    name, _, filt = key.partition(",")
+                    stderr = row["figures"].get(f"{name}_stderr,{filt}")
+                    table.add_row(escape(row["task"]), escape(name if filt == "none" else f"{name}/{filt}"),
+                                  fmt(float(value), 4), fmt(stderr if isinstance(stderr, float) else None, 4),
+                                  str((row.get("samples") or {}).get("effective", "-")))
+        out.print(table)
+        out.print(f"[bold]{escape(model)}[/] [dim]saved as {escape(run.id)}[/]")
+
+    close_gated(run, options, {**run.summary, "rows": run.rows} if json_out else None, render)
+
+
 @app.command("lineage")
 def lineage(
     ctx: typer.Context,
