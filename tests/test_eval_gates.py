@@ -75,6 +75,10 @@ def test_exact_gates_pass_fail_and_the_run_is_saved(cli, tmp_path, echo_model):
     assert [r["kind"] for r in runs] == ["exact", "exact"] and all(r["status"] == "complete" for r in runs)
     shown = cli("eval", "show", runs[0]["id"], "--json").json()
     assert shown["summary"]["gates"][0]["passed"] is False and len(shown["rows"]) == 4
+    text = cli("eval", "show", runs[0]["id"])
+    assert text.code == 0 and "exact_match" in text.out and "0.5" in text.out and "FAIL" in text.out
+    human = cli("eval", "show", runs[0]["id"], "--human")
+    assert human.code == EXIT_USAGE and "--human scores judge and compare runs" in human.err
 
 
 def test_baseline_max_drop(cli, tmp_path, echo_model):

@@ -318,13 +318,36 @@ def answers_table(run, width: int):
     return table
 
 
-def render_run(run, with_rows: bool) -> None:
+JUDGED_KINDS = ("judge", "compare")  # runs with prompt/answer rows; the others (exact, perplexity, harness,
+# lineage) are shown by their metrics
+
+
+def metrics_table(metrics: dict):
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(escape(name), fmt(value, 4))
+    return table
+
+
+def render_run(run, with_rows: bool, with_gates: bool = False) -> None:
     s = run.summary
-    if with_rows and run.rows:
+    judged = run.kind in JUDGED_KINDS
+    if with_rows and run.rows and judged:
         out.print(answers_table(run, 40))
     models = ", ".join(s.get("models") or []) or "-"
-    out.print(f"[bold]{escape(run.id)}[/] · {s.get('kind')} · models {escape(models)} · judge "
-              f"{escape(str(s.get('judge') or '-'))} · {s.get('judge_prompt_version') or '-'} · {s.get('status', '?')}")
+    if judged:
+        out.print(f"[bold]{escape(run.id)}[/] · {s.get('kind')} · models {escape(models)} · judge "
+                  f"{escape(str(s.get('judge') or '-'))} · {s.get('judge_prompt_version') or '-'} · {s.get('status', '?')}")
+    else:
+        out.print(f"[bold]{escape(run.id)}[/] · {s.get('kind')} · models {escape(models)} · {s.get('status', '?')}")
+        out.print(metrics_table(s.get("metrics") or {}))
+    for gate in s.get("gates") or [] if with_gates else []:
+        mark = "[green]pass[/]" if gate["passed"] else "[bold red]FAIL[/]"
+        out.print(f"gate {escape(gate['gate'])}: {mark} · {escape(gate['message'])}")
     if s.get("scores") and s.get("judge") != "human":
         out.print(scores_table(s["scores"], f"judge {s.get('judge')}"))
     if s.get("results"):
@@ -445,12 +468,16 @@ def show(
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
 ) -> None:
-    """A saved judge or compare run: answers, scores, verdicts and figures. No RUN: list the runs."""
+    """A saved run: a judge or compare run's answers, scores and verdicts; any run's metrics and gates. No RUN:
+    list the runs."""
+    from llmctl.errors import UsageError
     from llmctl.evaluate.runs import load_run
 
     if run_ref is None:
         return list_runs(json_out)
     run = load_run(run_ref)
+    if human and run.kind not in JUDGED_KINDS:
+        raise UsageError(f"--human scores judge and compare runs; {run.id} is an {run.kind} run")
     if human:
         from llmctl.evaluate.human import judge_by_hand
 
@@ -458,12 +485,12 @@ def show(
     if json_out:
         print_json({"summary": run.summary, "path": str(run.directory), "rows": run.rows})
     else:
-        render_run(run, with_rows=True)
+        render_run(run, with_rows=True, with_gates=True)
 
 
 @app.command("list")
 def list_runs(json_out: JsonOpt = False) -> None:
-    """Saved judge and compare runs, newest first."""
+    """Saved eval runs (judge, compare, exact, perplexity, harness, lineage), newest first."""
     from rich.table import Table
 
     from llmctl.evaluate.runs import list_runs as saved_runs
@@ -473,7 +500,7 @@ def list_runs(json_out: JsonOpt = False) -> None:
         print_json(runs)
         return
     if not runs:
-        err.print("no saved eval runs yet (llmctl eval judge / eval compare save one)")
+        err.print("no saved eval runs yet (every eval command but `show` and `list` saves one)")
         return
     table = Table(show_edge=False, pad_edge=False)
     table.add_column("run", no_wrap=True)
