@@ -31,6 +31,18 @@ llmctl prompt -t 0 --max-tokens 8 --json "Say hello." \
 step "6. Every exchange is logged" 'logs -n 3'
 llmctl logs -n 3
 
+step "6a. Tokens: how the model splits text (boundaries, ids, characters per token)" \
+     'tokenize "The Eiffel Tower is located in"'
+llmctl tokenize "The Eiffel Tower is located in"
+
+step "6b. Temperature reshapes the next-token distribution: sharper at 0.2, flatter at 1.5 (entropy in bits)" \
+     'next "The Eiffel Tower is located in" -t 0.2,1.0,1.5 --top 8'
+llmctl next "The Eiffel Tower is located in" -t 0.2,1.0,1.5 --top 8
+
+step "6c. Pretraining makes its own (input -> target) pairs from plain text; the loss shows which targets are hard" \
+     'pretrain pairs "Every effort moves you forward"'
+llmctl pretrain pairs "Every effort moves you forward"
+
 step "7. Fine-tune SmolLM2 with LoRA on 150 pirate pairs (examples/pirate.jsonl), about two minutes" \
      'finetune --data examples/pirate.jsonl -m smollm2 --max-steps 20 --lr 1e-3 --out runs/pirate'
 llmctl finetune --data examples/pirate.jsonl -m smollm2 --max-steps 20 --lr 1e-3 --eval-every 100 --out runs/pirate --name pirate
