@@ -136,7 +136,9 @@ def pairs_table(result) -> Table:
         row = [str(number)] + ([str(pair.sample)] if result.samples > 1 else [])
         row += [inputs, Text(visible_token(result.tokens[pair.target].text), style="bold")]
         if result.loss_from:
-            row += [f"{pair.loss:.3f}", f"{math.exp(-pair.loss):.4f}", Text(bar_text(pair.loss / worst, 20), style="red")]
+            prob = math.exp(-pair.loss)
+            row += [f"{pair.loss:.3f}", f"{prob:.4f}" if prob >= 1e-4 else f"{prob:.1e}",
+                    Text(bar_text(pair.loss / worst, 20), style="red")]
         table.add_row(*row)
     return table
 
@@ -183,8 +185,8 @@ def attention_grid(amap) -> Table:
     head = f"head {amap.head}" if amap.head is not None else f"mean of {amap.heads} heads"
     table = Table(title=f"attention · {amap.model} · layer {amap.layer} (of 0-{amap.layers - 1}), {head} "
                         f"(░▒▓█ = more weight)", title_justify="left", box=None, padding=(0, 0))
-    table.add_column("# ", justify="right", style="dim")
-    table.add_column("token", justify="right")
+    table.add_column("#", justify="right", style="dim")
+    table.add_column(" token", justify="right")
     table.add_column(" ")
     for key in range(len(amap.tokens)):
         table.add_column(str(key % 10), justify="left", style="cyan", no_wrap=True)
@@ -193,7 +195,7 @@ def attention_grid(amap) -> Table:
         cells = [SHADES[min(len(SHADES) - 1, int(w * (len(SHADES) - 1) + 0.999))] * 2 if key <= query else ""
                  for key, w in enumerate(row)]
         best = max(range(query + 1), key=lambda key: row[key])
-        table.add_row(f"{query} ", visible_token(amap.tokens[query].text), "", *cells,
+        table.add_row(str(query), " " + visible_token(amap.tokens[query].text), "", *cells,
                       f"  {visible_token(amap.tokens[best].text)} {row[best]:.2f}")
     return table
 

@@ -78,7 +78,7 @@ def next_token_figure(result: NextTokens) -> Figure:
             ax.tick_params(axis="y", labelsize=8)
             title = f"T = {dist.temperature:g} · entropy {dist.entropy_bits:.2f} bits"
             ax.set_title(title, fontsize=9)
-        tail = label(step.context[-40:])
+        tail = step.context[-40:].replace("\n", "↵")
         axes[row][0].set_ylabel(("…" if len(step.context) > 40 else "") + tail, fontsize=8, rotation=0,
                                 ha="right", va="center")
     shown = "" if len(result.steps) <= MAX_STEP_ROWS else f" (first {MAX_STEP_ROWS} of {len(result.steps)} steps)"
