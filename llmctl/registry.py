@@ -63,6 +63,17 @@ BUILTINS = {
 }
 
 
+def name_from(text: str, fallback: str) -> str:
+    """A valid registry name made from a folder or file name (the default name of what a run writes)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or fallback
+    return name if name[0].isalnum() else f"{fallback}-{name}"
+
+
+def default_name(out: Path) -> str:
+    """The registry name of a run's output folder when --name is not given: the folder's name."""
+    return name_from(Path(out).resolve().name, "pretrained")
+
+
 def check_name(name: str, what: str = "model name") -> None:
     if not NAME_RE.match(name) or name.startswith(("openai", "hf")) and ":" in name:
         raise UsageError(f"invalid {what} '{name}'",

@@ -11,7 +11,7 @@ from llmctl.fsutil import save_pretrained_into
 
 def merge_adapter(name: str, out: Path, new_name: str | None = None, register: bool = True) -> dict:
     from llmctl.finetune.models import load_merged
-    from llmctl.pretrain.run import default_name
+    from llmctl.registry import default_name
     from llmctl.registry import ModelEntry, Registry
 
     entry = Registry().resolve(name)

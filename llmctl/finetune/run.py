@@ -163,7 +163,7 @@ def _save_adapter(model, tokenizer, cfg: FinetuneConfig, summary: dict) -> None:
 
 
 def _register(method: Method, summary: dict, template: str) -> str:
-    from llmctl.pretrain.run import default_name
+    from llmctl.registry import default_name
     from llmctl.registry import ModelEntry, Registry
 
     cfg = method.cfg

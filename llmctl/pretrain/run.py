@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +20,7 @@ from llmctl.pretrain.data import CorpusSpec
 from llmctl.pretrain.model import GPTConfig, build_model, count_parameters
 from llmctl.pretrain.prepare import prepare_data
 from llmctl.pretrain.shards import Manifest, load_tokens
+from llmctl.registry import default_name
 from llmctl.training.config import TrainConfig
 from llmctl.training.loop import Trainer, cpu_only
 from llmctl.training.task import TrainTask
@@ -72,11 +72,6 @@ class PretrainTask(TrainTask):
         out = model.generate(start, max_new_tokens=60, do_sample=True, top_k=40, temperature=0.8,
                              pad_token_id=self.manifest.eot_id)
         return self.tokenizer.decode(out[0, 1:], skip_special_tokens=True)
-
-
-def default_name(out: Path) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", out.resolve().name).strip("-.") or "pretrained"
-    return name if name[0].isalnum() else "gpt-" + name
 
 
 def flops_per_token(model, c: GPTConfig) -> float:
