@@ -67,7 +67,8 @@ def attention_map(ref: str, text: str, layer: int | None = None, head: int | Non
     with torch.inference_mode():
         out = local.model(torch.tensor([ids], device=local.device), output_attentions=True)
     if not getattr(out, "attentions", None) or out.attentions[layer] is None:
-        raise ModelError(f"'{entry.name}' returned no attention weights (its attention implementation does not form them)")
+        raise ModelError(f"'{entry.name}' returned no attention weights "
+                         "(its attention implementation does not form them)")
     weights = out.attentions[layer][0].float()  # (heads, query, key)
     matrix = weights.mean(dim=0) if head is None else weights[head]
     return AttentionMap(entry.name, as_tokens(local.tokenizer, ids), layer, head, layers, heads, matrix.tolist())
