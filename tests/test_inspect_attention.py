@@ -59,7 +59,7 @@ def test_layer_or_head_out_of_range(cli, tiny_chat_model, flags, message):
 
 @pytest.mark.parametrize("args, message", [
     (("inspect", "attention", ""), "empty text"),
-    (("inspect", "attention", "-m", "openai:gpt-4o-mini", "hi"), "attention maps needs a local model"),
+    (("inspect", "attention", "-m", "openai:gpt-4o-mini", "hi"), "attention maps: 'openai:gpt-4o-mini' is a remote (openai) model"),
     (("inspect", "attention", "--png", "/proc/no/such/dir/a.png", "hi"), "cannot write --png"),
 ])
 def test_bad_input(cli, args, message):

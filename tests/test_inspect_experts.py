@@ -70,7 +70,7 @@ def test_a_dense_model_has_no_experts(cli, tiny_chat_model):
 
 @pytest.mark.parametrize("args, message", [
     (("inspect", "experts", ""), "empty text"),
-    (("inspect", "experts", "-m", "openai:gpt-4o-mini", "hi"), "expert routing needs a local model"),
+    (("inspect", "experts", "-m", "openai:gpt-4o-mini", "hi"), "expert routing: 'openai:gpt-4o-mini' is a remote (openai) model"),
 ])
 def test_bad_input(cli, args, message):
     r = cli(*args)

@@ -100,7 +100,7 @@ def test_steps_table(cli, tiny_chat_model, tmp_path):
     (("next", "-t", "a,b", "hi"), "--temperature 'a,b' is not a list of numbers"),
     (("next", "-t", "0.5,9", "hi"), "temperature 9 is out of range"),
     (("next", "-t", "1,1", "hi"), "a temperature is given twice"),
-    (("next", "-m", "openai:gpt-4o-mini", "hi"), "next-token distributions needs a local model"),
+    (("next", "-m", "openai:gpt-4o-mini", "hi"), "next-token distributions: 'openai:gpt-4o-mini' is a remote"),
     (("next", "--png", "chart.jpg", "hi"), "must end in .png"),
 ])
 def test_bad_input_is_one_line_exit_2(cli, args, message):

@@ -90,7 +90,7 @@ def test_no_loss_reads_no_weights(cli, tiny_base_model, monkeypatch):
 @pytest.mark.parametrize("args, message", [
     (("pretrain", "pairs", ""), "empty text"),
     (("pretrain", "pairs", "--context", "0", "hi"), "Invalid value for '--context'"),
-    (("pretrain", "pairs", "--tokenizer", "openai:gpt-4o-mini", "hi"), "needs a local model"),
+    (("pretrain", "pairs", "--tokenizer", "openai:gpt-4o-mini", "hi"), "is a remote (openai) model"),
 ])
 def test_bad_input(cli, args, message):
     r = cli(*args)

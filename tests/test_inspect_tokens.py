@@ -41,7 +41,7 @@ def test_stdin_and_the_table_for_people(cli, tiny_base_model):
 
 @pytest.mark.parametrize("args, message", [
     (("tokenize", ""), "empty text"),
-    (("tokenize", "-m", "openai:gpt-4o-mini", "hi"), "tokenizing needs a local model; 'openai:gpt-4o-mini' is a remote"),
+    (("tokenize", "-m", "openai:gpt-4o-mini", "hi"), "tokenizing: 'openai:gpt-4o-mini' is a remote (openai) model, whose logits, internals and tokenizer stay on its server"),
 ])
 def test_errors_are_one_line_exit_2(cli, args, message):
     r = cli(*args)

@@ -14,17 +14,17 @@ from llmctl.registry import ModelEntry, Registry
 if TYPE_CHECKING:
     from llmctl.config import Config
 
-LOCAL_HINT = ("use a local model: smollm2, hf:REPO, a model directory, an adapter or a GPT you pretrained "
-              "(remote models work with prompt, chat and eval; prompt --top-probs shows the few probabilities "
-              "a server returns)")
+LOCAL_HINT = ("use a local model: smollm2, hf:REPO, a model directory, an adapter or a GPT you pretrained; "
+              "remote models work with prompt, chat and eval, and prompt --top-probs shows the few probabilities "
+              "a server returns")
 
 
 def inspectable_entry(ref: str | ModelEntry, doing: str) -> ModelEntry:
     """The entry for `ref`, refused if it is a remote model (no logits, weights or tokenizer here)."""
     entry = Registry().resolve(ref) if isinstance(ref, str) else ref
     if not capabilities_of(entry).logits:
-        raise UsageError(f"{doing} needs a local model; '{entry.name}' is a remote ({entry.provider}) model "
-                         "whose logits, internals and tokenizer stay on its server", hint=LOCAL_HINT)
+        raise UsageError(f"{doing}: '{entry.name}' is a remote ({entry.provider}) model, whose logits, internals "
+                         "and tokenizer stay on its server", hint=LOCAL_HINT)
     return entry
 
 
