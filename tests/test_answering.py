@@ -95,3 +95,34 @@ def test_local_batches_give_the_same_answers_as_one_at_a_time(tiny_chat_model):
     assert [a.text for a in batched] == [a.text for a in alone] and alone[0].text
     assert [(a.finish_reason, a.usage) for a in batched] == [(a.finish_reason, a.usage) for a in alone]
     assert batched[6].text is None and "context" in batched[6].error and alone[6].error == batched[6].error
+
+
+def test_distill_and_compare_with_a_local_model_batch(cli, tmp_path, tiny_chat_model, monkeypatch):
+    """`data distill` and `eval compare` on a local model: the same answers with --batch-size 4 as with 1,
+    and the batched decoder is what answered."""
+    from llmctl.backends.hf import HFBackend
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"question number {i}?\n" for i in range(6)))
+    batches = []
+    real = HFBackend.decode_batch
+    monkeypatch.setattr(HFBackend, "decode_batch", lambda self, rows: (batches.append(len(rows)), real(self, rows))[1])
+    texts = {}
+    for size in ("1", "4"):
+        out = tmp_path / f"sft-{size}.jsonl"
+        r = cli("data", "distill", "--teacher", str(tiny_chat_model), "--prompts", str(prompts), "--out", str(out),
+                "-t", "0", "--max-tokens", "6", "--keep-truncated", "--batch-size", size)
+        assert r.code == 0, r.err
+        texts[size] = [json.loads(line)["messages"][-1]["content"] for line in out.read_text().splitlines()]
+    assert texts["1"] == texts["4"] and len(texts["1"]) == 6
+    assert 4 in batches  # the batched run decoded four prompts at once
+    runs = {}
+    for size in ("1", "3"):
+        r = cli("eval", "compare", "-m", str(tiny_chat_model), "-m", str(tmp_path / "nowhere"), "-p", str(prompts))
+        assert r.code != 0  # an unknown second model fails before any work
+        r = cli("eval", "compare", "-m", str(tiny_chat_model), "-m", f"hf:{tiny_chat_model}", "-p", str(prompts),
+                "--max-tokens", "6", "--batch-size", size, "--json")
+        assert r.code == 0, r.err
+        runs[size] = cli("eval", "show", r.json()["id"], "--json").json()["rows"]
+    assert [row["answers"] for row in runs["1"]] == [row["answers"] for row in runs["3"]]
+    assert 3 in batches
