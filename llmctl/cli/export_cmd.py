@@ -49,6 +49,7 @@ def export(
 
 
 def _report(result) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     rt = result.round_trip
@@ -66,14 +67,14 @@ def _report(result) -> None:
                  ("max logit diff", f"{rt['max_logit_diff']:.3g}"),
                  ("greedy continuations", "equal" if rt["greedy_equal"] else "differ"),
                  ("perplexity ratio", f"{rt['ppl_ratio']:.4f} ({rt['ppl_export']:.2f} / {rt['ppl_source']:.2f})"),
-                 ("round trip", "[green]PASS[/]" if rt["passed"] else "[red]FAIL[/]: " + "; ".join(rt["failures"]))]
+                 ("round trip", "[green]PASS[/]" if rt["passed"] else "[red]FAIL[/]: " + escape("; ".join(rt["failures"])))]
     else:
         rows.append(("round trip", "skipped (--no-verify)"))
     rows += [("registered as", fmt_value(result.name)), ("sha256", result.sha256)]
     if result.modelfile:
         rows.append(("Modelfile", result.modelfile))
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, value if key == "round trip" else escape(value))
     out.print(table)
     for note in result.notes:
         warn(note)

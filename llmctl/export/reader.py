@@ -27,19 +27,18 @@ def load_gguf(path: Path, dtype=None) -> LoadedGGUF:
     import gguf
     import torch
 
-    from llmctl.embedded import _quiet_transformers
+    from llmctl.embedded import _lean_gguf_loading, _quiet_transformers
     from llmctl.export.tokenizer import load_gguf_tokenizer, read_metadata
 
     path = Path(path)
     dtype = dtype or torch.float32
-    reader = gguf.GGUFReader(path)
-    meta = read_metadata(path, reader=reader)
+    meta = read_metadata(path)
     arch = meta.get("general.architecture")
-    with _quiet_transformers():
+    # One parse of the file's header for config, weights and tokenizer: transformers reads it for each.
+    with _quiet_transformers(), _lean_gguf_loading():
         if arch == "llama" and meta.get("llama.expert_count", 0) > 0:
-            model, loader = _read_mixtral(reader, meta, dtype), OWN_LOADER
+            model, loader = _read_mixtral(gguf.GGUFReader(path), meta, dtype), OWN_LOADER
         elif arch in ("llama", "gpt2"):
-            del reader  # transformers opens the file itself
             model, loader = _transformers_model(path, meta, dtype), TRANSFORMERS_LOADER
         else:
             raise ModelError(f"{path.name}: GGUF architecture '{arch}' cannot be loaded (supported: llama, gpt2, "
@@ -55,13 +54,12 @@ def load_gguf(path: Path, dtype=None) -> LoadedGGUF:
 def _transformers_model(path: Path, meta: dict, dtype):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from llmctl.embedded import _dequantize_kwargs, _lean_gguf_loading
+    from llmctl.embedded import _dequantize_kwargs
 
-    with _lean_gguf_loading():
-        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-        _complete_config(config, meta)
-        return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, config=config, dtype=dtype,
-                                                    **_dequantize_kwargs())
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    _complete_config(config, meta)
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, config=config, dtype=dtype,
+                                                **_dequantize_kwargs())
 
 
 def _complete_config(config, meta: dict) -> None:

@@ -140,17 +140,23 @@ def load_gguf_tokenizer(path: Path, pre: str | None = None):
     return tokenizer
 
 
-def read_metadata(path: Path, keys: tuple[str, ...] | None = None, reader=None) -> dict:
-    """Scalar and string metadata of a GGUF file (arrays: their length), all keys or just `keys`."""
-    import gguf
+def read_metadata(path: Path, keys: tuple[str, ...] | None = None) -> dict:
+    """Scalar and string metadata of a GGUF file (string arrays: their length), all keys or just `keys`.
 
-    reader = reader or gguf.GGUFReader(path)
-    found = {}
-    for key, f in reader.fields.items():
-        if keys is not None and key not in keys:
-            continue
-        if f.types and f.types[0] == gguf.GGUFValueType.ARRAY:
-            found[key] = len(f.data)
-        else:
-            found[key] = f.contents()
-    return found
+    transformers' header reader walks the file with struct; gguf's GGUFReader, the fallback, makes a
+    numpy view per vocabulary entry and takes seconds on a 49k-token vocabulary.
+    """
+    try:
+        from transformers.integrations.gguf.reader import read_gguf_metadata
+    except ImportError:
+        read_gguf_metadata = None
+    if read_gguf_metadata is not None:
+        found, _ = read_gguf_metadata(str(path))
+    else:
+        import gguf
+
+        found = {}
+        for key, f in gguf.GGUFReader(path).fields.items():
+            array = f.types and f.types[0] == gguf.GGUFValueType.ARRAY
+            found[key] = len(f.data) if array and f.types[-1] == gguf.GGUFValueType.STRING else f.contents()
+    return found if keys is None else {k: v for k, v in found.items() if k in keys}

@@ -168,11 +168,19 @@ def _logit_diff(source, back, ids: list[int]) -> float:
 
 
 def _greedy(model, ids: list[int]) -> list[int]:
-    """Greedy continuation by our own loop: the two models' generation settings must not differ the result."""
-    ids = list(ids)
-    for _ in range(min(GREEDY_TOKENS, _context(model) - len(ids))):
-        ids.append(int(_logits(model, ids)[-1].argmax()))
-    return ids
+    """Greedy continuation by our own loop (with the KV cache): the two models' generation settings
+    must not make the results differ."""
+    import torch
+
+    steps = min(GREEDY_TOKENS, _context(model) - len(ids))
+    chosen, past, step_ids = [], None, list(ids)
+    with torch.no_grad():
+        for _ in range(steps):
+            out = model(torch.tensor([step_ids]), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            chosen.append(int(out.logits[0, -1].argmax()))
+            step_ids = chosen[-1:]
+    return chosen
 
 
 def _perplexity(model, ids: list[int]) -> float:
