@@ -38,7 +38,8 @@ def tokenize(
     out.print(token_strip(result.tokens, boundaries=out.color_system is None))
     out.print(f"[dim]ids:[/] {[t.id for t in result.tokens]}")
     special = sum(t.special for t in result.tokens)
-    out.print(f"{len(result.tokens)} tokens · {len(result.text)} characters · "
+    n = len(result.tokens)
+    out.print(f"{n} token{'s' if n != 1 else ''} · {len(result.text)} characters · "
               f"{result.chars_per_token:.2f} characters per token"
               + (f" · {special} special [bold white on magenta](marked)[/]" if special else "")
               + f" · {result.model}" + (" · chat prompt" if chat else ""))
