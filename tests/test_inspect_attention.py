@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.inspect_helpers import cli  # noqa: F401 (the cli fixture, with the inspection commands)
 
 TEXT = "The capital of France"
 

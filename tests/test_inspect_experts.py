@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.inspect_helpers import build_moe_model, cli  # noqa: F401 (the cli fixture)
+from tests.inspect_helpers import build_moe_model
 
 TEXT = "def add(a, b):"
 

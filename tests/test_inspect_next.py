@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from tests.inspect_helpers import cli  # noqa: F401 (the cli fixture, with the inspection commands)
 
 EIFFEL = "The Eiffel Tower is located in"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

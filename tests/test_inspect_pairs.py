@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from tests.inspect_helpers import cli  # noqa: F401 (the cli fixture, with the inspection commands)
 
 TEXT = "Every effort moves you forward"
 # The tiny test tokenizer splits this into 29 tokens (mostly characters: it learned few merges).

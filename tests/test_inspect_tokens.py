@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.inspect_helpers import cli  # noqa: F401 (the cli fixture, with the inspection commands)
 
 EIFFEL = "The Eiffel Tower is located in"
 # The tiny test tokenizer (tests/tiny_models.py) is trained on a fixed corpus: its ids are stable.
