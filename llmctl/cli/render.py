@@ -138,7 +138,7 @@ def pairs_table(result) -> Table:
         if result.loss_from:
             prob = math.exp(-pair.loss)
             row += [f"{pair.loss:.3f}", f"{prob:.4f}" if prob >= 1e-4 else f"{prob:.1e}",
-                    Text(bar_text(pair.loss / worst, 20), style="red")]
+                    Text(bar_text(pair.loss / worst, 12), style="red")]
         table.add_row(*row)
     return table
 
