@@ -69,16 +69,13 @@ def encode_all(tokenizer, examples: list[Example], max_length: int, skip_bad_row
 
 
 def pack(items: list[Tokenized]) -> dict[str, torch.Tensor]:
-    """Concatenate examples into one row with no padding. Positions restart at each example and a
-    block-diagonal causal mask keeps attention inside it: the same logits as one example at a time."""
-    ids, labels, positions, segments = [], [], [], []
-    for number, item in enumerate(items):
+    """Concatenate examples into one row with no padding and no mask. Positions restart at each
+    example; from them transformers keeps attention inside each example (a block-causal mask for
+    eager and sdpa, cu_seqlens for flash attention), so the logits are those of one example at a
+    time and no length x length tensor is ever built here."""
+    ids, labels, positions = [], [], []
+    for item in items:
         ids += item.ids[:-1]
         labels += item.labels[1:]  # shifted: the label at position t is the token t+1
         positions += list(range(len(item.ids) - 1))
-        segments += [number] * (len(item.ids) - 1)
-    segment = torch.tensor(segments)
-    causal = torch.tril(torch.ones(len(ids), len(ids), dtype=torch.bool))
-    mask = causal & (segment[:, None] == segment[None, :])
-    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-            "position_ids": torch.tensor([positions]), "attention_mask": mask[None, None]}
+    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([positions])}

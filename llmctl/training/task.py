@@ -11,9 +11,11 @@ import torch.nn.functional as F
 
 
 def forward(model, batch: dict[str, torch.Tensor]):
-    """The model's output on a batch: plain rows, or packed rows with their positions and 4D mask."""
+    """The model's output on a batch: plain rows, or packed rows whose positions restart at each
+    example. Without a cache and a mask, transformers reads the example boundaries from the
+    positions (a cache, even in eval mode, would make it ignore them: hence use_cache=False)."""
     return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                 position_ids=batch.get("position_ids"))
+                 position_ids=batch.get("position_ids"), use_cache=False)
 
 
 def lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
