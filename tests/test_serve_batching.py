@@ -107,7 +107,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(served):
 
 
 def test_shutdown_ends_running_generations(long_backend):
-    srv = ModelServer({"long": long_backend}, "127.0.0.1", 0, max_queue=4)
+    srv = ModelServer({"long": long_backend}, "127.0.0.1", 0, max_queue=4, shutdown_timeout=0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     client = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0)
     stream = client.chat.completions.create(model="long", messages=[{"role": "user", "content": "Hi"}], stream=True,

@@ -79,8 +79,9 @@ class RenderedPrompt:
 class Chunk:
     text: str = ""
     tokens: list[TokenInfo] = field(default_factory=list)
-    finish_reason: str | None = None  # set on the last chunk: "stop", "length", "interrupted"
+    finish_reason: str | None = None  # set on the last chunk: "stop", "length", "interrupted", "error"
     usage: dict[str, int] | None = None  # prompt_tokens, completion_tokens (last chunk)
+    error: str | None = None  # with finish_reason "error": what failed while decoding this row only
 
 
 class Response:
@@ -105,6 +106,11 @@ class Response:
                 if chunk.text and "first_token_s" not in self.timings:
                     self.timings["first_token_s"] = round(time.perf_counter() - start, 4)
                 self.tokens.extend(chunk.tokens)
+                if chunk.error:  # this request failed while decoding (others batched with it did not)
+                    from llmctl.errors import LlmctlError
+
+                    self.finish_reason = "error"
+                    raise LlmctlError(f"generation failed: {chunk.error}")
                 if chunk.finish_reason:
                     self.finish_reason = chunk.finish_reason
                 if chunk.usage:
@@ -179,6 +185,10 @@ class Backend(ABC):
 
     def generate(self, request: GenerationRequest) -> Response:
         return Response(self.name, request, self._generate(request), self.load_seconds)
+
+    def stream_chunks(self, request: GenerationRequest) -> Iterator[Chunk]:
+        """The raw chunks of a generation (the server reads them itself, with usage and finish)."""
+        return self._generate(request)
 
     @abstractmethod
     def _generate(self, request: GenerationRequest) -> Iterator[Chunk]:

@@ -1,22 +1,27 @@
-"""The decoding loop of local models, for one request or a batch of them.
+"""The decoding loop of local models, for one request or a batch that rows join and leave as they go.
 
-Each row keeps its own sampling knobs, random generator, stop strings and detokenizer, so a request
-gives the same text alone or batched with others (a seed means the same thing in both). A batch is
-left-padded; rows that finish (or whose client left) are dropped from the KV cache, so the batch
-only ever computes the rows still generating.
+Each row keeps its own sampling knobs, random generator, stop strings, detokenizer, grammar and
+adapter, so a request gives the same text alone or batched with others (a seed means the same thing
+in both). The batch is left-padded with a per-row attention mask and positions; a row that joins is
+prefilled on its own (the rows already decoding wait for one forward pass), then its KV cache is
+left-padded to the batch's length and stacked under it. Rows that finish (or whose client left) are
+dropped from the cache, and padding columns no row needs any more are cut off.
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
 from llmctl.backends.base import Chunk, GenerationRequest, TokenInfo
 from llmctl.backends.detokenize import StreamDetokenizer
 from llmctl.sampling import StopMatcher, apply_repetition_penalty, sample_next
+
+# Below this a temperature divides logits into infinities: it means greedy, and is decoded so.
+MIN_TEMPERATURE = 1e-4
 
 
 @dataclass
@@ -28,6 +33,8 @@ class DecodeRow:
     max_new: int
     tokenizer: object
     cancelled: Callable[[], bool] = lambda: False  # the client left: stop this row only
+    grammar: Any = None  # a constrained.Grammar: only tokens it allows are sampled
+    adapter: str | None = None  # the peft adapter this row decodes with (None: the base model)
     produced: int = 0
     generator: torch.Generator | None = None
     seen: torch.Tensor | None = None
@@ -49,21 +56,32 @@ class DecodeRow:
         return Chunk(text=text if hit else text + self.stops.flush(), finish_reason="stop" if hit else finish,
                      usage={"prompt_tokens": len(self.prompt_ids), "completion_tokens": self.produced})
 
+    def failed(self, error: Exception) -> Chunk:
+        return Chunk(finish_reason="error", error=f"{type(error).__name__}: {error}",
+                     usage={"prompt_tokens": len(self.prompt_ids), "completion_tokens": self.produced})
+
 
 def _pick(row: DecodeRow, logits: torch.Tensor, eos_ids: set[int],
           token_info: Callable[[torch.Tensor, float, int, int], TokenInfo]) -> tuple[int, list[Chunk]]:
     """Sample this row's next token; the chunks it yields, the last one final when the row is done."""
     p, request = row.request.params, row.request
+    temperature = p.temperature if p.temperature >= MIN_TEMPERATURE else 0.0
     logits = apply_repetition_penalty(logits.float(), row.seen, p.repetition_penalty)
-    token = sample_next(logits, p.temperature, p.top_k, p.top_p, row.generator)
-    info = token_info(logits, p.temperature, token, request.top_probs) if request.top_probs else None
+    if row.grammar is not None:
+        logits = row.grammar.constrain(logits)
+    token = sample_next(logits, temperature, p.top_k, p.top_p, row.generator)
+    info = token_info(logits, temperature, token, request.top_probs) if request.top_probs else None
+    if row.grammar is not None:
+        row.grammar.consume(token)
     if token in eos_ids:
         return token, [row.final("stop")]
     row.produced += 1
     row.seen = torch.cat([row.seen, row.seen.new_tensor([token])])
     text, hit = row.stops.feed(row.detok.add(token))
     chunks = [Chunk(text=text, tokens=[info] if info else [])]
-    if hit:
+    if row.grammar is not None and row.grammar.done():
+        chunks.append(row.final("stop"))  # the grammar allows nothing more: the answer is complete
+    elif hit:
         chunks.append(row.final("stop"))
     elif row.produced >= row.max_new:
         chunks.append(row.final("length"))
@@ -87,50 +105,149 @@ def last_logits_only(model) -> dict[str, int]:
     return {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(model) else {}
 
 
-@torch.inference_mode()
+def _mergeable(cache) -> bool:
+    """Whether a cache is plain per-layer key/value tensors we can pad and stack (not sliding or quantized)."""
+    from transformers.cache_utils import DynamicLayer
+
+    return hasattr(cache, "layers") and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    missing = length - tensor.size(dim)
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+class DecodeBatch:
+    """The rows decoding together on one model: `add` rows at any step, `step` all of them once."""
+
+    def __init__(self, model, device: torch.device, pad_id: int, eos_ids: set[int],
+                 token_info: Callable[[torch.Tensor, float, int, int], TokenInfo]):
+        self.model, self.device, self.pad_id, self.eos_ids, self.token_info = model, device, pad_id, eos_ids, token_info
+        self.cache_name, self.last_only = cache_argument(model), last_logits_only(model)
+        self.rows: list[DecodeRow] = []
+        self.past = None
+        self.mask: torch.Tensor | None = None  # (rows, cache length + 1): 0 over left padding
+        self.next_ids: list[int] = []  # each row's last sampled token, fed at the next step
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def can_join(self) -> bool:
+        return not self.rows or _mergeable(self.past)
+
+    def _forward(self, rows: list[DecodeRow], ids: torch.Tensor, mask: torch.Tensor, past):
+        padded = not bool(mask.all())
+        # No mask and no positions when nothing is padded: the exact computation of an unbatched call.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.size(1):] if padded else None
+        extra = {}
+        if any(row.adapter for row in rows):  # peft: each row through its own adapter, in one pass
+            extra["adapter_names"] = [row.adapter or "__base__" for row in rows]
+        out = self.model(input_ids=ids, attention_mask=mask if padded else None, position_ids=positions,
+                         use_cache=True, **{self.cache_name: past}, **self.last_only, **extra)
+        return out.logits[:, -1], getattr(out, self.cache_name)
+
+    def _sample(self, rows: list[DecodeRow], logits: torch.Tensor) -> Iterator[tuple[DecodeRow, list[Chunk], int | None]]:
+        """(row, its chunks, its next token or None when the row ended) for each row."""
+        for slot, row in enumerate(rows):
+            if row.cancelled():
+                yield row, [row.final("interrupted")], None
+                continue
+            try:
+                token, chunks = _pick(row, logits[slot], self.eos_ids, self.token_info)
+            except Exception as e:  # noqa: BLE001 - this row alone fails; the others go on
+                yield row, [row.failed(e)], None
+                continue
+            yield row, chunks, None if chunks[-1].finish_reason else token
+
+    def _run(self, rows, logits, keep: list[DecodeRow], tokens: list[int]) -> Iterator[tuple[DecodeRow, Chunk]]:
+        for row, chunks, token in self._sample(rows, logits):
+            for chunk in chunks:
+                yield row, chunk
+            if token is not None:
+                keep.append(row)
+                tokens.append(token)
+
+    @torch.inference_mode()
+    def add(self, rows: list[DecodeRow]) -> Iterator[tuple[DecodeRow, Chunk]]:
+        """Prefill new rows together, sample their first tokens and stack them under the running rows."""
+        for row in rows:
+            row.start(self.device)
+        for row in [r for r in rows if r.max_new <= 0]:
+            yield row, row.final("length")
+        rows = [r for r in rows if r.max_new > 0]
+        if not rows:
+            return
+        longest = max(len(r.prompt_ids) for r in rows)
+        ids = torch.tensor([[self.pad_id] * (longest - len(r.prompt_ids)) + r.prompt_ids for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (longest - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows], device=self.device)
+        logits, past = self._forward(rows, ids, mask, None)
+        keep, tokens = [], []
+        yield from self._run(rows, logits, keep, tokens)
+        keep_slots = [rows.index(r) for r in keep]
+        if not keep:
+            return
+        if len(keep) < len(rows):
+            past.batch_select_indices(torch.tensor(keep_slots, device=self.device))
+            mask = mask[keep_slots]
+        self._stack(keep, tokens, past, mask)
+
+    def _stack(self, rows: list[DecodeRow], tokens: list[int], past, mask: torch.Tensor) -> None:
+        mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)  # the pending token's column
+        if not self.rows:
+            self.rows, self.next_ids, self.past, self.mask = rows, tokens, past, mask
+            return
+        length = max(self.mask.size(1), mask.size(1))
+        for mine, theirs in zip(self.past.layers, past.layers):
+            keys = [_left_pad(mine.keys, length - 1, -2), _left_pad(theirs.keys, length - 1, -2)]
+            values = [_left_pad(mine.values, length - 1, -2), _left_pad(theirs.values, length - 1, -2)]
+            mine.keys, mine.values = torch.cat(keys, dim=0), torch.cat(values, dim=0)
+        self.mask = torch.cat([_left_pad(self.mask, length, 1), _left_pad(mask, length, 1)], dim=0)
+        self.rows, self.next_ids = self.rows + rows, self.next_ids + tokens
+
+    @torch.inference_mode()
+    def step(self) -> Iterator[tuple[DecodeRow, Chunk]]:
+        """One token for every running row; finished rows leave the batch."""
+        if not self.rows:
+            return
+        ids = torch.tensor(self.next_ids, device=self.device).view(-1, 1)
+        logits, self.past = self._forward(self.rows, ids, self.mask, self.past)
+        keep, tokens = [], []
+        yield from self._run(self.rows, logits, keep, tokens)
+        self._keep(keep, tokens)
+
+    def _keep(self, keep: list[DecodeRow], tokens: list[int]) -> None:
+        if not keep:
+            self.rows, self.next_ids, self.past, self.mask = [], [], None, None
+            return
+        if len(keep) < len(self.rows):
+            slots = torch.tensor([self.rows.index(r) for r in keep], device=self.device)
+            self.past.batch_select_indices(slots)  # finished rows leave the cache: no compute spent on them
+            self.mask = self.mask.index_select(0, slots)
+            first = int(self.mask.any(0).nonzero()[0])  # columns that are padding in every row left
+            if first and _mergeable(self.past):
+                for layer in self.past.layers:
+                    layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
+                self.mask = self.mask[:, first:]
+        self.rows, self.next_ids = keep, tokens
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.size(0), 1)], dim=1)
+
+    def cancel_all(self, finish: str = "interrupted") -> Iterator[tuple[DecodeRow, Chunk]]:
+        for row in self.rows:
+            yield row, row.final(finish)
+        self._keep([], [])
+
+
 def decode_rows(model, rows: list[DecodeRow], device: torch.device, pad_id: int, eos_ids: set[int],
                 token_info: Callable[[torch.Tensor, float, int, int], TokenInfo]) -> Iterator[tuple[int, Chunk]]:
     """Yield (row index, chunk) as the rows generate; every row ends with a chunk carrying finish_reason."""
-    for row in rows:
-        row.start(device)
-    live = [i for i, row in enumerate(rows) if row.max_new > 0]
-    for i in set(range(len(rows))) - set(live):
-        yield i, rows[i].final("length")
-    if not live:
-        return
-    longest = max(len(rows[i].prompt_ids) for i in live)
-    padded = [[pad_id] * (longest - len(rows[i].prompt_ids)) + rows[i].prompt_ids for i in live]
-    step_ids = torch.tensor(padded, device=device)
-    # One row, or rows of equal length, need no mask: the exact computation of an unbatched call.
-    needs_mask = any(len(rows[i].prompt_ids) != longest for i in live)
-    mask = torch.tensor([[0] * (longest - len(rows[i].prompt_ids)) + [1] * len(rows[i].prompt_ids) for i in live],
-                        device=device) if needs_mask else None
-    positions = (mask.cumsum(-1) - 1).clamp(min=0) if needs_mask else None
-    past, cache_name, last_only = None, cache_argument(model), last_logits_only(model)
-    while live:
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                    **{cache_name: past}, **last_only)
-        past = getattr(out, cache_name)
-        keep, tokens = [], []
-        for slot, i in enumerate(live):
-            if rows[i].cancelled():
-                yield i, rows[i].final("interrupted")
-                continue
-            token, chunks = _pick(rows[i], out.logits[slot, -1], eos_ids, token_info)
-            for chunk in chunks:
-                yield i, chunk
-            if not chunks[-1].finish_reason:
-                keep.append(slot)
-                tokens.append(token)
-        if len(keep) < len(live):
-            if not keep:
-                return
-            index = torch.tensor(keep, device=device)
-            past.batch_select_indices(index)  # finished rows leave the cache: no compute spent on them
-            mask = mask.index_select(0, index) if mask is not None else None
-            positions = positions.index_select(0, index) if positions is not None else None
-            live = [live[slot] for slot in keep]
-        step_ids = torch.tensor(tokens, device=device).view(-1, 1)
-        if mask is not None:
-            mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
-            positions = positions[:, -1:] + 1
+    index = {id(row): i for i, row in enumerate(rows)}
+    batch = DecodeBatch(model, device, pad_id, eos_ids, token_info)
+    for row, chunk in batch.add(rows):
+        yield index[id(row)], chunk
+    while batch:
+        for row, chunk in batch.step():
+            yield index[id(row)], chunk

@@ -1,9 +1,11 @@
-"""Batching concurrent requests to one local model: a worker thread decodes waiting requests together.
+"""Continuous batching for one local model: a worker thread decodes every running request together.
 
-Requests that arrive while a batch is running wait for the next one (static batching): on a CPU or a
-GPU, one forward pass over 8 rows costs far less than 8 passes, so throughput grows with the number of
-clients while each request's text stays what it would be alone. A client that leaves drops its row at
-the next step; closing the batcher stops every row and fails what is still waiting.
+A request that arrives while others decode joins the batch at the next step (its prompt is prefilled
+on its own first, so the running rows wait for one forward pass, not for each other); a row leaves
+as soon as it finishes. On a CPU or a GPU one forward pass over 8 rows costs far less than 8 passes,
+so throughput grows with the number of clients while each request's text stays what it would be
+alone. A client that leaves drops its row at the next step; closing the batcher ends every running
+row as "interrupted" and fails what is still waiting.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import atexit
 import queue
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 from llmctl.backends.base import Chunk, GenerationRequest, Response
+from llmctl.backends.hf_decode import DecodeBatch
 from llmctl.errors import LlmctlError
 
 
@@ -21,9 +24,12 @@ class ServerStopping(LlmctlError):
     """The server is shutting down: requests still waiting are not started."""
 
 
-class _Job:
-    def __init__(self) -> None:
+class Job:
+    """One request in the batcher: its row, and where its chunks go (a queue, or a callback)."""
+
+    def __init__(self, put: Callable[[object], None] | None = None) -> None:
         self.chunks: queue.SimpleQueue = queue.SimpleQueue()
+        self.put = put or self.chunks.put
         self.cancelled = threading.Event()
         self.row = None
 
@@ -41,11 +47,13 @@ class _Job:
 
 
 class Batcher:
-    def __init__(self, backend, max_batch: int = 8):
+    def __init__(self, backend, max_batch: int = 8, observe: Callable[[str, float], None] | None = None):
         self.backend, self.max_batch = backend, max_batch
-        self.waiting: list[_Job] = []
+        self.observe = observe or (lambda name, value: None)  # metrics: batch sizes
+        self.waiting: list[Job] = []
         self.ready = threading.Condition()
         self.closed = False
+        self.running = 0
         self.stats = {"batches": 0, "largest_batch": 0, "finished": {}}  # for /health
         self.worker = threading.Thread(target=self._run, name=f"batcher-{backend.name}", daemon=True)
         self.worker.start()
@@ -53,41 +61,73 @@ class Batcher:
         # are torn down then, and a still-running owner aborts the process ("terminate called ...").
         atexit.register(self.close)
 
-    def submit(self, request: GenerationRequest) -> Response:
-        """Queue a request; a bad one (too long, empty) raises now, before anything is queued."""
-        job = _Job()
-        job.row = self.backend.prepare_row(request, cancelled=lambda: job.cancelled.is_set() or self.closed)
+    def enqueue(self, backend, request: GenerationRequest, put: Callable[[object], None] | None = None) -> Job:
+        """Queue a request for `backend` (this model, or an adapter view of it); a bad one (too long,
+        empty, a grammar that does not compile) raises now, before anything is queued."""
+        job = Job(put)
+        job.row = backend.prepare_row(request, cancelled=lambda: job.cancelled.is_set() or self.closed)
         with self.ready:
             if self.closed:
                 raise ServerStopping("the server is shutting down")
             self.waiting.append(job)
             self.ready.notify()
-        return Response(self.backend.name, request, job.stream(), self.backend.load_seconds)
+        return job
 
-    def _next_batch(self) -> list[_Job] | None:
+    def submit(self, request: GenerationRequest, backend=None) -> Response:
+        backend = backend or self.backend
+        job = self.enqueue(backend, request)
+        return Response(backend.name, request, job.stream(), backend.load_seconds)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.waiting)
+
+    def _joiners(self, batch: DecodeBatch) -> list[Job] | None:
+        """Jobs to add at this step (waiting only when nothing runs); None when closed."""
         with self.ready:
-            while not self.waiting and not self.closed:
+            while not self.waiting and not len(batch) and not self.closed:
                 self.ready.wait()
             if self.closed:
                 return None
-            batch, self.waiting = self.waiting[:self.max_batch], self.waiting[self.max_batch:]
-        return [job for job in batch if not job.cancelled.is_set()]
+            if not batch.can_join():
+                return []
+            room = self.max_batch - len(batch)
+            joining, self.waiting = self.waiting[:room], self.waiting[room:]
+        return [job for job in joining if not job.cancelled.is_set()]
+
+    def _deliver(self, jobs: dict[int, Job], events) -> None:
+        for row, chunk in events:
+            job = jobs[id(row)]
+            job.put(chunk)
+            if chunk.finish_reason:
+                del jobs[id(row)]
+                finished = self.stats["finished"]
+                finished[chunk.finish_reason] = finished.get(chunk.finish_reason, 0) + 1
 
     def _run(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            if not batch:
-                continue
-            self.stats["batches"] += 1
-            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
+        batch = DecodeBatch(self.backend.model, self.backend.device, self.backend.pad_id, self.backend.eos_ids,
+                            self.backend._token_info)
+        jobs: dict[int, Job] = {}
+        while (joining := self._joiners(batch)) is not None:
             try:
-                for index, chunk in self.backend.decode_batch([job.row for job in batch]):
-                    batch[index].chunks.put(chunk)
-                    if chunk.finish_reason:
-                        finished = self.stats["finished"]
-                        finished[chunk.finish_reason] = finished.get(chunk.finish_reason, 0) + 1
-            except Exception as e:  # noqa: BLE001 - handed to every reader of this batch, who reports it
-                for job in batch:
-                    job.chunks.put(e)
+                if joining:
+                    if not len(batch):
+                        self.stats["batches"] += 1
+                    jobs.update({id(job.row): job for job in joining})
+                    self._deliver(jobs, batch.add([job.row for job in joining]))
+                self.running = len(batch)
+                self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
+                if len(batch):
+                    self.observe("batch_size", len(batch))
+                    self._deliver(jobs, batch.step())
+            except Exception as e:  # noqa: BLE001 - a forward pass failed: every row in it gets the error
+                for job in jobs.values():
+                    job.put(e)
+                jobs.clear()
+                batch = DecodeBatch(self.backend.model, self.backend.device, self.backend.pad_id,
+                                    self.backend.eos_ids, self.backend._token_info)
+        self._deliver(jobs, batch.cancel_all())
+        self.running = 0
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop: running rows end as 'interrupted' at their next token, waiting requests fail."""
@@ -97,5 +137,6 @@ class Batcher:
             waiting, self.waiting = self.waiting, []
             self.ready.notify_all()
         for job in waiting:
-            job.chunks.put(ServerStopping("the server is shutting down"))
-        self.worker.join(timeout)
+            job.put(ServerStopping("the server is shutting down"))
+        if threading.current_thread() is not self.worker:
+            self.worker.join(timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
@@ -21,20 +22,41 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
 
 
+MAX_SEED = 2**63 - 1 - 8  # n choices use seed, seed+1, ...: every one must fit torch's 64-bit seed
+
+
+def parse_body(data: bytes) -> dict:
+    """The JSON object of a request body; anything else is a 400 (or 422 for JSON that is not an object)."""
+    try:
+        body = json.loads(data or b"null")
+        # A lone surrogate (\ud800) parses, then breaks every tokenizer: refuse it here.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except (json.JSONDecodeError, UnicodeError) as e:
+        raise APIError(400, f"the body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise APIError(400, "the body is not valid JSON: nested too deeply") from None
+    if not isinstance(body, dict):
+        raise APIError(422, "the body must be a JSON object")
+    return body
+
+
 def _number(body: dict, key: str, kind: type, default: Any, low: float | None = None, high: float | None = None):
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
-        raise APIError(400, f"'{key}' must be {'an integer' if kind is int else 'a number'}", param=key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+            (kind is int and not float(value).is_integer()):
+        raise APIError(400, f"'{key}' must be {'an integer' if kind is int else 'a finite number'}", param=key)
     value = kind(value)
     if (low is not None and value < low) or (high is not None and value > high):
         raise APIError(400, f"'{key}' must be between {low} and {high}, got {value}", param=key)
     return value
 
 
-def parse_request(body: Any, chat: bool, default_max_tokens: int) -> tuple[str, GenerationRequest, int, bool]:
-    """(model, request, n, stream) from a /v1/chat/completions or /v1/completions body."""
+def parse_request(body: Any, chat: bool, default_max_tokens: int,
+                  max_tokens_limit: int | None = None) -> tuple[str, GenerationRequest, int, bool]:
+    """(model, request, n, stream) from a /v1/chat/completions or /v1/completions body; `max_tokens`
+    is capped at `max_tokens_limit` (and later at the model's context)."""
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     model = body.get("model")
@@ -44,15 +66,19 @@ def parse_request(body: Any, chat: bool, default_max_tokens: int) -> tuple[str, 
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise APIError(400, "'stop' must be a string or a list of strings", param="stop")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = body.get(key)
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0):
+        raise APIError(400, f"'{key}' must be a positive integer", param=key)
+    max_tokens = max_tokens or default_max_tokens
     params = SamplingParams(
         temperature=_number(body, "temperature", float, 1.0, 0, 2), top_p=_number(body, "top_p", float, 1.0, 0, 1),
-        top_k=_number(body, "top_k", int, 0, 0, None), seed=_number(body, "seed", int, None, 0, None),
+        top_k=_number(body, "top_k", int, 0, 0, None), seed=_number(body, "seed", int, None, 0, MAX_SEED),
         repetition_penalty=_number(body, "repetition_penalty", float, 1.0, 0.01, 10),
-        max_tokens=int(max_tokens) if isinstance(max_tokens, int) and max_tokens > 0 else default_max_tokens,
-        stop=stop)
-    if max_tokens is not None and not (isinstance(max_tokens, int) and max_tokens > 0):
-        raise APIError(400, "'max_tokens' must be a positive integer", param="max_tokens")
+        max_tokens=min(max_tokens, max_tokens_limit) if max_tokens_limit else max_tokens, stop=stop)
+    for flag in ("stream", "logprobs"):
+        if body.get(flag) is not None and not isinstance(body[flag], bool) and not (flag == "logprobs" and not chat):
+            raise APIError(400, f"'{flag}' must be true or false", param=flag)
     n = _number(body, "n", int, 1, 1, 8)
     if chat:
         messages = body.get("messages")

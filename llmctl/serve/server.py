@@ -1,217 +1,218 @@
-"""An OpenAI-compatible HTTP server over any `Backend` (stdlib only: no web framework to install).
+"""An OpenAI-compatible HTTP server over any `Backend`: the app (app.py) under uvicorn, with limits.
 
-Concurrent requests to a local model are decoded together in batches (batcher.py); remote models
-take them as they come. Up to `max_queue` requests are admitted at once, more get a clean 503. A
-client that disconnects mid-stream stops its generation and frees its slot.
+Idle connections cost a socket, not a thread (asyncio), and are closed when they send no complete
+request within `read_timeout`; at most `max_connections` are open at once. Shutdown stops accepting,
+lets running generations finish for up to `shutdown_timeout` seconds, then ends them as "interrupted".
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import json
+import logging
 import socket
+import sys
 import threading
 import time
-from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
-from llmctl.backends.base import Backend, GenerationRequest, Response
-from llmctl.errors import LlmctlError, UsageError
-from llmctl.serve.batcher import Batcher, ServerStopping
-from llmctl.serve.openai_api import APIError, choice, envelope, parse_request
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-MAX_BODY = 1 << 20  # 1 MiB of JSON is far more than any prompt this server can take
+from llmctl.backends.base import Backend, GenerationRequest
+from llmctl.serve.app import GENERATION_ROUTES, Generation, Routes
+from llmctl.serve.batcher import Batcher
+from llmctl.serve.metrics import Metrics
+from llmctl.serve.openai_api import APIError
+
+MAX_HEADER_BYTES = 16 * 1024  # headers and request line together: more is refused with a 400
 
 
-class ModelServer(ThreadingHTTPServer):
-    daemon_threads = True
-    # The listen backlog: socketserver's default of 5 refuses connections when dozens of clients
-    # connect at once, before the queue can answer them with a clean 503.
-    request_queue_size = 128
+def guarded_protocol(read_timeout: float, max_connections: int) -> type:
+    """uvicorn's h11 protocol, plus a deadline for a request's headers, a bound on open connections,
+    and OpenAI-shaped JSON for requests h11 cannot parse."""
 
+    class GuardedH11Protocol(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                self.transport.close()  # over the bound: refused at once, so idle sockets cannot pile up
+                return
+            self._arm_deadline()
+
+        def _arm_deadline(self) -> None:
+            self._deadline = self.loop.call_later(read_timeout, self._expire)
+
+        def _expire(self) -> None:
+            if self.cycle is None or self.cycle.response_complete:  # no request under way: an idle or slow client
+                if not self.transport.is_closing():
+                    self.transport.close()
+
+        def handle_events(self) -> None:
+            try:
+                super().handle_events()
+            except (UnicodeError, ValueError, h11.LocalProtocolError):
+                self.send_400_response("Invalid HTTP request received.")
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._deadline.cancel()
+            if not self.transport.is_closing():
+                self._arm_deadline()  # the next request on this keep-alive connection gets its own deadline
+
+        def connection_lost(self, exc) -> None:
+            deadline = getattr(self, "_deadline", None)
+            if deadline is not None:
+                deadline.cancel()
+            super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:
+            if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+                self.transport.close()
+                return
+            body = json.dumps(APIError(400, f"malformed HTTP request: {msg}").body()).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close")]
+            try:
+                for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                              h11.EndOfMessage()):
+                    self.transport.write(self.conn.send(event))
+            except h11.LocalProtocolError:
+                pass
+            self.transport.close()
+
+    return GuardedH11Protocol
+
+
+def _logging(access_log: bool) -> None:
+    """uvicorn's own messages stay quiet (errors only); the access log goes to stderr when asked for."""
+    error = logging.getLogger("uvicorn.error")
+    error.setLevel(logging.ERROR)
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False
+    if access_log:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+
+
+class ModelServer:
     def __init__(self, backends: dict[str, Backend], host: str = "127.0.0.1", port: int = 8000,
                  api_key: str | None = None, max_queue: int = 16, default_max_tokens: int = 256,
-                 max_batch: int = 8, protect_health: bool = False):
-        super().__init__((host, port), Handler)
+                 max_batch: int = 8, protect_health: bool = False, *, max_tokens_limit: int = 4096,
+                 cors: list[str] | None = None, access_log: bool = False, shutdown_timeout: float = 30.0,
+                 read_timeout: float = 30.0, keep_alive_timeout: float = 5.0, max_connections: int = 1024):
         self.backends = backends
-        # max_batch 1 still goes through a batcher: one request at a time, streamed as it decodes.
-        self.batchers = {name: Batcher(b, max_batch) for name, b in backends.items() if b.capabilities.batching}
+        self.metrics = Metrics()
+        self.batchers = self._batchers(backends, max_batch)
         self.api_key = api_key
         self.protect_health = protect_health  # /health says which models are loaded: private on some hosts
-        self.admitted = threading.BoundedSemaphore(max_queue)
-        self.default_max_tokens = default_max_tokens
+        self.max_queue, self.admitted = max_queue, 0
+        self.default_max_tokens, self.max_tokens_limit = default_max_tokens, max_tokens_limit
+        self.read_timeout, self.shutdown_timeout = read_timeout, shutdown_timeout
         self.started = time.time()
+        self.stopping = threading.Event()
+        self.known_routes = {"/health", "/v1/models", "/metrics", "/v1/embeddings", *GENERATION_ROUTES}
+        self.metrics.gauges["llmctl_queue_depth"] = lambda: {n: b.queue_depth for n, b in self.batchers.items()}
+        self.metrics.gauges["llmctl_running_rows"] = lambda: {n: b.running for n, b in self.batchers.items()}
+        self.metrics.gauges["llmctl_admitted_requests"] = lambda: {"all": self.admitted}
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(1024)  # dozens of clients connecting at once are queued, not refused
+        self.server_address = self.sock.getsockname()
+        app = Routes(self)
+        if cors:
+            from starlette.middleware.cors import CORSMiddleware
+
+            app = CORSMiddleware(app, allow_origins=cors, allow_methods=["GET", "POST"],
+                                 allow_headers=["Authorization", "Content-Type"])
+        _logging(access_log)
+        config = uvicorn.Config(app, http=guarded_protocol(read_timeout, max_connections), ws="none",
+                                lifespan="off", log_config=None, access_log=access_log,
+                                timeout_keep_alive=keep_alive_timeout, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                                timeout_graceful_shutdown=shutdown_timeout + 10)
+        self.uvicorn = uvicorn.Server(config)
+        self.finished = threading.Event()
+        self.running = False
+
+    def _batchers(self, backends: dict[str, Backend], max_batch: int) -> dict[str, Batcher]:
+        """One batcher per model in memory: adapters that share a base share its batcher (mixed batches)."""
+        by_model: dict[int, Batcher] = {}
+        out = {}
+        for name, backend in backends.items():
+            if not backend.capabilities.batching:
+                continue
+            key = id(backend.model)
+            if key not in by_model:
+                by_model[key] = Batcher(backend, max_batch, observe=self.metrics.observe)
+            out[name] = by_model[key]
+        return out
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
 
-    def start(self, model: str, request: GenerationRequest) -> Response:
-        """Begin a generation: into a local model's batch queue, or straight to a remote model, which
-        takes concurrent requests itself."""
-        batcher = self.batchers.get(model)
-        return batcher.submit(request) if batcher is not None else self.backends[model].generate(request)
+    # -- used by the routes ----------------------------------------------------------------------
+    def admit(self):
+        """A release function if the request may start now, else None (the caller answers 503)."""
+        if self.admitted >= self.max_queue or self.stopping.is_set():
+            return None
+        self.admitted += 1  # only the event loop thread admits and releases: no lock needed
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.admitted -= 1
+
+        return release
+
+    def generation(self, model: str, request: GenerationRequest) -> Generation:
+        return Generation(self, model, request)
+
+    def check_capabilities(self, backend: Backend, request: GenerationRequest) -> None:
+        caps = backend.capabilities
+        if getattr(request, "tools", None) and not caps.tools:
+            raise APIError(400, f"the model '{backend.name}' does not support tools", param="tools")
+        if getattr(request, "response_format", None) and not caps.schemas:
+            raise APIError(400, f"the model '{backend.name}' does not support response_format", param="response_format")
+
+    # -- running ---------------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        """Serve until `shutdown()` (from another thread); uvicorn runs in its own thread so that the
+        caller's signal handlers, not uvicorn's, decide when to stop."""
+        thread = threading.Thread(target=self._run, name="uvicorn", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.5)  # a timed join: Ctrl-C still reaches the main thread
+
+    def _run(self) -> None:
+        self.running = True
+        try:
+            asyncio.run(self.uvicorn.serve(sockets=[self.sock]))
+        finally:
+            self.finished.set()
+
+    def shutdown(self) -> None:
+        """Stop accepting; running generations get `shutdown_timeout` seconds, then end as 'interrupted'."""
+        self.stopping.set()
+        self.uvicorn.should_exit = True
+        deadline = time.monotonic() + self.shutdown_timeout
+        while self.admitted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._close_batchers()
+        if self.running:
+            self.finished.wait(15)
+
+    def _close_batchers(self) -> None:
+        for batcher in set(self.batchers.values()):  # ends running generations so no thread outlives the server
+            batcher.close()
 
     def server_close(self) -> None:
-        for batcher in self.batchers.values():  # ends running generations so no thread outlives the server
-            batcher.close()
-        super().server_close()
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: ModelServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:  # requests are not logged to the terminal by default
-        pass
-
-    def setup(self) -> None:
-        super().setup()
-        # One small write per streamed token: without TCP_NODELAY, Nagle's algorithm and the client's
-        # delayed ACKs hold each one back for tens of milliseconds.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    # -- plumbing ------------------------------------------------------------------------------------
-    def _send_json(self, status: int, doc: dict) -> None:
-        data = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _fail(self, error: APIError) -> None:
-        self._send_json(error.status, error.body())
-
-    def _authorized(self) -> bool:
-        key = self.server.api_key
-        given = self.headers.get("Authorization", "")
-        # compare_digest: the time taken does not tell an attacker how much of a guess was right
-        return not key or hmac.compare_digest(given.encode("utf-8", "surrogateescape"), f"Bearer {key}".encode())
-
-    # -- routes --------------------------------------------------------------------------------------
-    def do_GET(self) -> None:
-        path = self.path.split("?")[0].rstrip("/")
-        if path == "/health" and (not self.server.protect_health or self._authorized()):
-            return self._send_json(200, {"status": "ok", "models": list(self.server.backends),
-                                         "batching": {name: b.stats for name, b in self.server.batchers.items()}})
-        if not self._authorized():
-            return self._fail(APIError(401, "invalid or missing API key", "invalid_api_key"))
-        if path == "/v1/models":
-            return self._send_json(200, {"object": "list", "data": [
-                {"id": name, "object": "model", "created": int(self.server.started), "owned_by": "llmctl"}
-                for name in self.server.backends]})
-        self._fail(APIError(404, f"no route {self.path}", "not_found"))
-
-    def do_POST(self) -> None:
-        try:
-            self._post()
-        except APIError as e:
-            self._fail(e)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client left; nothing to answer
-        except ServerStopping as e:
-            self._fail(APIError(503, str(e), "overloaded"))
-        except Exception as e:  # noqa: BLE001 - a bug or a failed generation: an error body, never a traceback
-            self._fail(APIError(500, f"generation failed: {type(e).__name__}: {e}", "server_error"))
-
-    def _post(self) -> None:
-        path = self.path.split("?")[0].rstrip("/")
-        if path not in ("/v1/chat/completions", "/v1/completions"):
-            raise APIError(404, f"no route {self.path}", "not_found")
-        if not self._authorized():
-            raise APIError(401, "invalid or missing API key", "invalid_api_key")
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            raise APIError(413, f"request body of {length} bytes is over the {MAX_BODY} limit")
-        try:
-            body = json.loads(self.rfile.read(length) or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"the body is not valid JSON: {e}") from None
-        chat = path.endswith("chat/completions")
-        if not isinstance(body, dict):
-            raise APIError(422, "the body must be a JSON object")
-        model, request, n, stream = parse_request(body, chat, self.server.default_max_tokens)
-        backend = self.server.backends.get(model)
-        if backend is None:
-            raise APIError(404, f"the model '{model}' is not served here (served: {', '.join(self.server.backends)})",
-                           "model_not_found", "model")
-        if not self.server.admitted.acquire(blocking=False):
-            raise APIError(503, "the server is busy: too many requests waiting; retry shortly", "overloaded")
-        try:
-            (self._stream if stream else self._whole)(model, request, n, chat, body)
-        finally:
-            self.server.admitted.release()
-
-    # -- generation ----------------------------------------------------------------------------------
-    def _requests(self, request, n: int):
-        seed = request.params.seed
-        for i in range(n):  # n choices: seed, seed+1, ... so each is reproducible on its own
-            yield i, replace(request, params=replace(request.params, seed=None if seed is None else seed + i))
-
-    def _begin(self, model: str, request: GenerationRequest) -> Response:
-        try:
-            return self.server.start(model, request)
-        except UsageError as e:  # the request itself is bad (too long, empty)
-            raise APIError(400, str(e)) from None
-
-    def _whole(self, model: str, request, n: int, chat: bool, body: dict) -> None:
-        choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0}
-        # All n choices are queued before any is read, so a batching model decodes them together.
-        started = [(i, req, self._begin(model, req)) for i, req in self._requests(request, n)]
-        for i, req, response in started:
-            try:
-                text = response.text()
-            except UsageError as e:
-                raise APIError(400, str(e)) from None
-            choices.append(choice(chat, i, text, response.finish_reason, response.tokens, bool(req.top_probs), False))
-            usage["prompt_tokens"] = response.usage.get("prompt_tokens", 0)
-            usage["completion_tokens"] += response.usage.get("completion_tokens", 0)
-        self._send_json(200, envelope(chat, model, choices, False, usage))
-
-    def _stream(self, model: str, request, n: int, chat: bool, body: dict) -> None:
-        rid = envelope(chat, model, [], True)["id"]
-        started = False
-        usage = {"prompt_tokens": 0, "completion_tokens": 0}
-        for i, req in self._requests(request, n):
-            response = self._begin(model, req)
-            try:
-                for delta in response:
-                    if not started:
-                        self._start_stream()
-                        started = True
-                    tokens = response.tokens[-1:] if req.top_probs else []
-                    self._event(envelope(chat, model, [choice(chat, i, delta, None, tokens, bool(req.top_probs), True)],
-                                         True, rid=rid))
-            except LlmctlError as e:
-                if not started:
-                    raise APIError(400 if isinstance(e, UsageError) else 500, str(e)) from None
-                self._event({"error": {"message": str(e), "type": "server_error", "param": None, "code": None}})
-                break
-            except (BrokenPipeError, ConnectionResetError):
-                response.cancel()  # the client is gone: stop generating, free the model
-                return
-            if not started:
-                self._start_stream()
-                started = True
-            self._event(envelope(chat, model, [choice(chat, i, "", response.finish_reason, [], False, True)], True, rid=rid))
-            usage["prompt_tokens"] = response.usage.get("prompt_tokens", 0)
-            usage["completion_tokens"] += response.usage.get("completion_tokens", 0)
-        if (body.get("stream_options") or {}).get("include_usage"):
-            self._event(envelope(chat, model, [], True, usage, rid=rid))
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
-        self.close_connection = True
-
-    def _start_stream(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-
-    def _event(self, doc: dict[str, Any]) -> None:
-        self.wfile.write(f"data: {json.dumps(doc)}\n\n".encode())
-        self.wfile.flush()
+        self._close_batchers()
+        self.sock.close()
