@@ -153,6 +153,72 @@ def test_a_wrong_layout_fails_the_round_trip_and_keeps_the_file(cli, models, out
     assert files_in(out) == ["bad.failed.gguf"] and registry_snapshot() == before
 
 
+@pytest.mark.parametrize("shape", [{}, {"rope": False}, {"experts": 4}], ids=["llama", "gpt2", "mixtral"])
+def test_gpts_from_llmctl_pretrain_export(cli, tmp_path, out, shape):
+    """The three models `llmctl pretrain` builds (default, --no-rope, --experts), registered as base models."""
+    from llmctl.pretrain.model import GPTConfig, build_model
+    from tests.tiny_models import build_tokenizer
+
+    tokenizer = build_tokenizer(None)
+    model = build_model(GPTConfig(layers=2, heads=4, width=32, context=64, **shape), len(tokenizer),
+                        tokenizer.eos_token_id, seed=0)
+    model.save_pretrained(tmp_path / "gpt")
+    tokenizer.save_pretrained(tmp_path / "gpt")
+    assert cli("models", "add", "my-gpt", str(tmp_path / "gpt"), "--chat-template", "none").code == 0
+    r = cli("export", "my-gpt", "--out", str(out / "gpt.gguf"), "--quant", "q8_0", "--json")
+    doc = r.json()
+    assert r.code == 0 and doc["passed"], doc["round_trip"]
+    assert doc["architecture"] == ("gpt2" if shape.get("rope") is False else "mixtral" if shape else "llama")
+    assert doc["round_trip"]["template_equal"] is None and Registry().get("gpt").chat_template == "none"
+
+
+LLAMA_CPP_PYTHON = os.environ.get("LLMCTL_TEST_LLAMA_CPP_PYTHON")  # a Python with llama-cpp-python installed
+LLAMA_CPP_CHECK = """
+import json, sys
+import numpy as np
+from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+case = json.load(open(sys.argv[1]))
+llm = Llama(model_path=case["gguf"], n_ctx=128, logits_all=True, verbose=False, type_k=0, type_v=0)  # f32 KV cache
+llm.eval(case["ids"])
+diff = float(np.abs(np.array(llm.scores[: len(case["ids"])]) - np.array(case["logits"])).max())
+ids = llm.tokenize(case["text"].encode(), add_bos=False, special=True)
+template = llm.metadata.get("tokenizer.chat_template")
+prompt = Jinja2ChatFormatter(template, eos_token="", bos_token="", add_generation_prompt=True)(
+    messages=case["messages"]).prompt if template else None
+print(json.dumps({"max_logit_diff": diff, "ids_equal": ids == case["ids"], "prompt": prompt}))
+"""
+
+
+@pytest.mark.skipif(not LLAMA_CPP_PYTHON, reason="set LLMCTL_TEST_LLAMA_CPP_PYTHON to a Python with llama-cpp-python")
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "mixtral"])
+def test_llama_cpp_reads_the_export_as_the_source_computes(models, out, kind):
+    """llama.cpp itself (through llama-cpp-python, in its own environment) loads the f32 file: the same
+    tokens for the formatted chat, the same chat prompt, and the source's logits."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmctl.export.verify import CHAT_PROBE, TOKENIZER_PROBE
+
+    path = export_gguf(str(models[kind]), out / f"{kind}.gguf", quant="f32", verify=False).path
+    tokenizer = AutoTokenizer.from_pretrained(models[kind])
+    text = tokenizer.apply_chat_template(CHAT_PROBE, tokenize=False, add_generation_prompt=True) \
+        if tokenizer.chat_template else TOKENIZER_PROBE
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:90]  # within the tiny GPT-2's 96 positions
+    text = tokenizer.decode(ids)
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(models[kind]).eval()(torch.tensor([ids])).logits[0]
+    case = out / "case.json"
+    case.write_text(json.dumps({"gguf": path, "ids": ids, "text": text, "logits": logits.tolist(), "messages": CHAT_PROBE}))
+    done = subprocess.run([LLAMA_CPP_PYTHON, "-c", LLAMA_CPP_CHECK, str(case)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["ids_equal"] and seen["max_logit_diff"] < 0.01
+    if tokenizer.chat_template:
+        assert seen["prompt"] == tokenizer.apply_chat_template(CHAT_PROBE, tokenize=False, add_generation_prompt=True)
+
+
 # -- adapters, the registry, prompting --------------------------------------------------------------
 
 def test_an_adapters_export_equals_the_export_of_its_merged_model(models, tmp_path):
