@@ -226,6 +226,8 @@ def read_toml_file(path: Path) -> dict[str, Any]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder", hint="point at a TOML file, or remove the folder") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     flat: dict[str, Any] = {}
@@ -261,8 +263,9 @@ class ResolvedConfig:
 def config_files(explicit: Path | None) -> list[tuple[Path, bool]]:
     """The files that take part, lowest precedence first (missing optional files are skipped), each
     with whether it is the project file found in the current folder (rather than one the user chose)."""
+    # A folder where a config file belongs is read (and reported) rather than skipped in silence.
     files = [(p, is_project) for p, is_project in ((user_config_path(), False), (_project_path(), True))
-             if p.is_file()]
+             if p.is_file() or p.is_dir()]
     if explicit is not None:
         files.append((Path(explicit), False))  # an explicit file must exist: read_toml_file says so if not
     return files
@@ -317,7 +320,7 @@ def trusted_projects(user_files: list[dict[str, Any]], environ) -> set[Path]:
 
 def trust_project(user_file: Path, folder: Path, remove: bool = False) -> list[str]:
     """Add (or remove) a folder in the user config file's trust list; returns the new list."""
-    flat = read_toml_file(user_file) if user_file.is_file() else {}
+    flat = read_toml_file(user_file) if user_file.exists() else {}
     folder_text = str(Path(folder).expanduser().resolve())
     current = [f for f in flat.get("trust.projects", []) if f != folder_text]
     flat["trust.projects"] = current if remove else current + [folder_text]
@@ -364,7 +367,7 @@ def set_config_value(path: Path, key: str, value: str | None) -> Any:
         names = " or ".join(spec.env_names[::-1])
         raise ConfigError(f"'{key}' is a secret and llmctl never writes secrets to files",
                           hint=f"export {names} instead")
-    flat = read_toml_file(path) if path.is_file() else {}
+    flat = read_toml_file(path) if path.exists() else {}
     if value is None:
         flat.pop(key, None)
         stored = None

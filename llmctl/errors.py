@@ -14,6 +14,7 @@ EXIT_MODEL = 3  # unknown model, registry problem, model files missing or unload
 EXIT_REMOTE = 4  # API key missing/rejected, server unreachable, rate-limited, remote error
 EXIT_TRAINING = 5  # training diverged (NaN/inf loss) or ran out of memory; the last good checkpoint is kept
 EXIT_GATE = 6  # an eval gate (--fail-under, --fail-over, --max-drop) failed; the run is saved all the same
+EXIT_STORAGE = 7  # a file or folder llmctl needs cannot be read or written: not a folder, read-only, disk full
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), the shell convention
 
 
@@ -57,3 +58,44 @@ class TrainingError(LlmctlError):
     """Training cannot go on (a NaN/inf loss, out of memory); checkpoints already written are intact."""
 
     exit_code = EXIT_TRAINING
+
+
+class StorageError(LlmctlError):
+    """The file system refused: a path that is not a folder, no permission, a read-only or full disk."""
+
+    exit_code = EXIT_STORAGE
+
+
+# errno values that describe the place (full, read-only, not a folder), never a bug in llmctl
+_STORAGE_ERRNOS = {"ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM", "ENOTDIR", "EISDIR", "EEXIST",
+                   "ENOENT", "ENAMETOOLONG", "ELOOP", "EMFILE", "ENFILE", "EIO", "EXDEV", "ENOTEMPTY", "EBUSY"}
+_WRITE_ERRNOS = {"ENOSPC", "EDQUOT", "EFBIG", "EROFS"}
+
+
+def storage_error(e: OSError, what: str | None = None) -> StorageError | None:
+    """The StorageError an OSError from the file system stands for ('cannot write X: No space left on
+    device'), or None when it is not about storage (a network error, say)."""
+    import errno
+    import os
+
+    name = errno.errorcode.get(e.errno or 0, "")
+    if name not in _STORAGE_ERRNOS:
+        return None
+    path = what or e.filename
+    verb = "write" if name in _WRITE_ERRNOS else "use"
+    reason = e.strerror or os.strerror(e.errno)
+    if name == "EEXIST" and path:
+        reason = "it exists and is not a folder"  # what mkdir says when a file stands where a folder belongs
+    where = f" {path}" if path else ""
+    return StorageError(f"cannot {verb}{where}: {reason}", hint=_hint(str(path) if path else "", name))
+
+
+def _hint(path: str, name: str) -> str | None:
+    import os
+
+    home = os.environ.get("LLMCTL_HOME")
+    if name in ("ENOSPC", "EDQUOT", "EFBIG"):
+        return "free some space (or raise the file size limit) and run the command again"
+    if home and path.startswith(os.path.expanduser(home)):
+        return f"LLMCTL_HOME is {home}; it must be a folder you can write to"
+    return None

@@ -59,7 +59,7 @@ def file_lock(path: Path) -> Iterator[None]:
     lock on a replaced inode protects nothing.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)  # the first file in LLMCTL_HOME may be a lock: the folder is still owner-only
     with open(path, "a+b") as f:
         if os.name == "nt":  # pragma: no cover - exercised on Windows only
             import msvcrt
@@ -102,3 +102,59 @@ def save_pretrained_into(directory: Path, *objects: Any) -> None:
             os.replace(path, directory / path.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+PROBE_MAX = 64 << 20
+
+
+def _file_size_limit() -> int | None:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def write_probe(folder: Path, size: int = 65536) -> OSError | None:
+    """The error writing `size` bytes in `folder` raises (disk full, read-only, over the file size limit),
+    or None: how to name the cause when a library (SQLite, torch.save) reports only that a write failed."""
+    import errno
+    import tempfile
+
+    if size > PROBE_MAX:  # past what is worth writing to find out: the file size limit can be read instead
+        limit = _file_size_limit()
+        if limit is not None and limit < size:
+            return OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+        size = PROBE_MAX
+    chunk = b"\0" * min(size, 1 << 20)
+    try:
+        with tempfile.TemporaryFile(dir=folder) as f:
+            for _ in range(max(1, size // len(chunk))):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return e
+    return None
+
+
+@contextlib.contextmanager
+def building_folder(tmp: Path, what: str, probe_size: int, hint: str | None = None) -> Iterator[Path]:
+    """Guard the block that writes a folder under the temporary name `tmp`: if it fails, `tmp` is removed,
+    and a failure the file system caused (full, read-only, too large) becomes a StorageError naming the
+    cause (`probe_size`: bytes to try writing when the error does not say, about what the block writes)."""
+    import shutil
+
+    from llmctl.errors import LlmctlError, StorageError, storage_error
+
+    try:
+        yield tmp
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, Exception) or isinstance(e, LlmctlError):
+            raise
+        cause = e if isinstance(e, OSError) and storage_error(e) else write_probe(tmp.parent, probe_size)
+        if cause is None:
+            raise
+        raise StorageError(f"cannot write {what}: {cause.strerror or cause}", hint=hint) from e

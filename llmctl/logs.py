@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from llmctl.errors import UsageError
-from llmctl.fsutil import file_lock, private_dir, private_file
+from llmctl.errors import StorageError, UsageError, storage_error
+from llmctl.fsutil import file_lock, private_dir, private_file, write_probe
 from llmctl.paths import logs_db_path
 
 # Substrings, matched case-insensitively against keys: "openai_api_key" and "Authorization" both go.
@@ -96,10 +96,25 @@ class LogStore:
         self.path = Path(path) if path else logs_db_path()
         self._migrate(MIGRATIONS if upto is None else MIGRATIONS[:upto])
 
-    def _unusable(self, e: BaseException) -> UsageError:
+    def _unusable(self, e: BaseException) -> UsageError | StorageError:
         if "locked" in str(e):
             return UsageError(f"the log database {self.path} is locked: {e}",
                               hint="another llmctl process is holding it; try again")
+        # The place, not the file: a full disk or a read-only folder is not a reason to move the database aside.
+        if "full" in str(e) or getattr(e, "sqlite_errorname", "") == "SQLITE_FULL":
+            return StorageError(f"cannot write the log database {self.path}: the disk is full ({e})",
+                                hint="free some space, or pass --no-log")
+        if "readonly" in str(e) or "read-only" in str(e):
+            return StorageError(f"cannot write the log database {self.path}: it or its folder is read-only ({e})",
+                                hint="make LLMCTL_HOME a folder you can write to, or pass --no-log")
+        if "disk I/O error" in str(e):  # SQLite hides the errno: find it by writing beside the database
+            cause = write_probe(self.path.parent)
+            if cause is not None:
+                return StorageError(f"cannot write the log database {self.path}: {cause.strerror} ({e})",
+                                    hint="free some space or fix the folder, or pass --no-log")
+        if isinstance(e, OSError) and storage_error(e) is not None:
+            return StorageError(f"cannot open the log database {self.path}: {e.strerror}",
+                                hint="check that LLMCTL_HOME is a folder you can write to, or pass --no-log")
         if isinstance(e, OSError) or "unable to open" in str(e):
             return UsageError(f"cannot open the log database {self.path}: {e}",
                               hint="check that LLMCTL_HOME is a writable folder, or pass --no-log")

@@ -20,7 +20,7 @@ from llmctl.errors import ModelError, UsageError
 from llmctl.fsutil import atomic_write_json, file_lock, private_dir
 from llmctl.paths import registry_path
 from llmctl.providers import PROVIDERS, capabilities_of
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # whole name: fullmatch (`$` allows a last "\n")
 SMOLLM2_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
@@ -75,8 +75,9 @@ def default_name(out: Path) -> str:
 
 
 def check_name(name: str, what: str = "model name") -> None:
-    if not NAME_RE.match(name) or name.startswith(("openai", "hf")) and ":" in name:
-        raise UsageError(f"invalid {what} '{name}'",
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name.startswith(("openai", "hf")) and ":" in name:
+        shown = f"'{name}'" if isinstance(name, str) and name.isprintable() else repr(name)  # one line, "\n" visible
+        raise UsageError(f"invalid {what} {shown}",
                          hint="use letters, digits, '.', '_' and '-', starting with a letter or digit")
 
 
@@ -94,8 +95,13 @@ class Registry:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ModelError(f"registry file {self.path} is corrupt: {e}",
                              hint="fix or delete it; llmctl writes it atomically, so this came from outside") from None
-        data.setdefault("models", {})
-        data.setdefault("aliases", {})
+        if isinstance(data, dict):
+            data.setdefault("models", {})
+            data.setdefault("aliases", {})
+        problem = _shape_problem(data)
+        if problem:
+            raise ModelError(f"registry file {self.path} is not a registry: {problem}",
+                             hint="fix or delete it; llmctl writes it atomically, so this came from outside")
         return data
 
     def entries(self) -> list[ModelEntry]:
@@ -200,6 +206,39 @@ class Registry:
         if path.is_dir():
             return entry_for_directory(path, ref)
         raise self._unknown(ref)
+
+
+# The JSON type each entry field must have (None allowed where the field is optional).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "provider": (str,), "source": (str,), "base": (str, type(None)), "adapter": (str, type(None)),
+    "chat_template": (str,), "context_length": (int, type(None)), "base_url": (str, type(None)),
+    "api_key_env": (str, type(None)), "description": (str,), "lineage": (dict,), "info": (dict,), "builtin": (bool,),
+}
+_JSON_NAMES = {str: "a string", int: "a number", dict: "an object", bool: "true or false", type(None): "null"}
+
+
+def _shape_problem(data: Any) -> str | None:
+    """What is wrong with the shape of a registry file's contents, or None when it is one."""
+    if not isinstance(data, dict):
+        return f"expected an object with 'models' and 'aliases', got {type(data).__name__}"
+    for key in ("models", "aliases"):
+        if not isinstance(data[key], dict):
+            return f"'{key}' must be an object, got {type(data[key]).__name__}"
+    for alias, target in data["aliases"].items():
+        if not isinstance(target, str):
+            return f"alias '{alias}' must name a model (a string), got {type(target).__name__}"
+    for name, entry in data["models"].items():
+        if not isinstance(entry, dict):
+            return f"model '{name}' must be an object, got {type(entry).__name__}"
+        for key in ("name", "provider", "source"):
+            if key not in entry:
+                return f"model '{name}' has no '{key}'"
+        for key, types in _FIELD_TYPES.items():
+            value = entry.get(key)
+            if key in entry and (not isinstance(value, types) or isinstance(value, bool) and bool not in types):
+                wanted = " or ".join(_JSON_NAMES[t] for t in types)
+                return f"model '{name}': '{key}' must be {wanted}, got {type(value).__name__}"
+    return None
 
 
 def _after_prefix(ref: str) -> str:

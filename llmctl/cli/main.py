@@ -79,6 +79,10 @@ def error_line(message: str) -> None:
     print_error(message)
 
 
+def _internal(e: BaseException) -> str:
+    return f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback and please report it)"
+
+
 def run(argv: list[str] | None = None) -> None:
     """Entry point: one clear line on stderr and a documented exit code for every failure."""
     from llmctl.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, LlmctlError
@@ -108,9 +112,17 @@ def run(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # `llmctl ... | head`: the reader left, which is not an error
         sys.stderr.close()
         code = 0
+    except OSError as e:  # the file system refused (not a folder, read-only, disk full): the place, not a bug
+        from llmctl.errors import storage_error
+
+        if _debugging(argv):
+            raise
+        found = storage_error(e)
+        error_line(str(found) if found else _internal(e))
+        code = found.exit_code if found else EXIT_INTERNAL
     except Exception as e:  # a bug: short message unless debugging
         if _debugging(argv):
             raise
-        error_line(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback and please report it)")
+        error_line(_internal(e))
         code = EXIT_INTERNAL
     sys.exit(code if isinstance(code, int) else 0)

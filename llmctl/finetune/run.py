@@ -27,6 +27,7 @@ from llmctl.finetune.models import add_lora, choose_template, load_base
 from llmctl.finetune.sft import SupervisedLoRA
 from llmctl.fsutil import atomic_write_json, save_pretrained_into
 from llmctl.pretrain.data import is_validation
+from llmctl.training.checkpoint import check_run_start
 from llmctl.training.loop import Trainer, cpu_only
 
 TRAIN_RECORD = "llmctl-finetune.json"
@@ -96,6 +97,7 @@ def finetune(cfg: FinetuneConfig, note: Callable[[str], None] = lambda s: None,
     from accelerate import PartialState
 
     method = method_for(cfg)
+    check_run_start(cfg.name, cfg.resume, cfg.out)
     state = PartialState(cpu=cpu_only())
     entry, model, tokenizer, origin = load_base(cfg.base, cfg.qlora, continue_adapter=method.goes_on_from_adapter)
     template = choose_template(entry, tokenizer)

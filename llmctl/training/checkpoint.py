@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from llmctl.errors import UsageError
-from llmctl.fsutil import atomic_write_json, atomic_write_text
+from llmctl.fsutil import atomic_write_json, atomic_write_text, building_folder
 
 STATE = "state.json"
 
@@ -39,19 +39,27 @@ def write_checkpoint(root: Path, model, optimizer, state: dict[str, Any], pointe
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']:07d}"
     final, tmp = root / name, root / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    _save_weights(model, tmp / "model.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
-    atomic_write_json(tmp / STATE, state)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    for pointer in pointers:
-        atomic_write_text(root / pointer, name + "\n")
-    _prune(root, keep)
-    return final
+    # A full disk mid-save: the half-written step is removed and the pointers still name the last good one.
+    with building_folder(tmp, f"the checkpoint {final}", 3 * _nbytes(model),
+                         hint=f"the last good checkpoint in {root} is kept (--resume auto); free some space first"):
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        _save_weights(model, tmp / "model.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
+        atomic_write_json(tmp / STATE, state)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for pointer in pointers:
+            atomic_write_text(root / pointer, name + "\n")
+        _prune(root, keep)
+        return final
+
+
+def _nbytes(model) -> int:
+    """Bytes of the trainable weights: with the optimizer's two moments, about what a checkpoint writes."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
 def _save_weights(model, path: Path) -> None:
@@ -102,12 +110,25 @@ def find_checkpoint(root: Path, which: str = "last") -> Path | None:
     return path if (path / STATE).is_file() else None
 
 
+def check_run_start(name: str | None, resume: str | None, run_dir: Path) -> None:
+    """Before any work: a name the registry would refuse, or nothing to resume, fails now, not after training."""
+    from llmctl.registry import check_name
+
+    if name is not None:
+        check_name(name)
+    resolve_resume(resume, run_dir / "checkpoints")
+
+
 def resolve_resume(resume: str | None, root: Path) -> Path | None:
     """--resume auto (the run's last checkpoint, if any) or a checkpoint directory."""
     if not resume:
         return None
-    if resume == "auto":
-        return find_checkpoint(root)
+    if resume == "auto":  # nothing to resume is said, not papered over by silently starting again
+        found = find_checkpoint(root)
+        if found is None:
+            raise UsageError(f"--resume auto: no checkpoint in {root} to resume from",
+                             hint="drop --resume to start a new run")
+        return found
     path = Path(resume).expanduser()
     if path.is_dir() and not (path / STATE).is_file():  # a run or checkpoints directory
         for candidate in (path / "checkpoints", path):
