@@ -66,3 +66,24 @@ def test_unknown_task_and_missing_lm_eval(cli, tiny_base_model, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if it were not installed
     r = cli("eval", "harness", "-m", str(tiny_base_model), "--tasks", "llmctl_capitals")
     assert r.code == EXIT_USAGE and "needs lm-evaluation-harness" in r.err and "llmctl[eval]" in r.err
+
+
+def test_an_adapter_goes_in_through_peft(cli, tmp_path, tiny_chat_model):
+    pytest.importorskip("lm_eval")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.test_eval_lineage import make_adapter
+
+    adapter = make_adapter(tiny_chat_model, tmp_path / "adapter")
+    merged = tmp_path / "merged"
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_chat_model), adapter).merge_and_unload() \
+        .save_pretrained(merged)
+    AutoTokenizer.from_pretrained(tiny_chat_model).save_pretrained(merged)
+    acc, acc_norm = by_hand(merged)
+    assert by_hand(tiny_chat_model)[0] != acc  # so the figures below show that the adapter was applied
+    assert cli("models", "add", "base", str(tiny_chat_model)).code == 0
+    assert cli("models", "add", "tuned", str(adapter), "--base", "base").code == 0
+    r = cli("eval", "harness", "-m", "tuned", "--tasks", "llmctl_capitals", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["metrics"]["acc"] == pytest.approx(acc) and r.json()["metrics"]["acc_norm"] == pytest.approx(acc_norm)
