@@ -17,9 +17,8 @@ from llmctl.errors import UsageError
 from llmctl.fsutil import atomic_write_json, save_pretrained_into
 from llmctl.pretrain.config import PretrainConfig
 from llmctl.pretrain.data import CorpusSpec
-from llmctl.pretrain.model import GPTConfig, architecture, build_model, count_parameters
+from llmctl.pretrain.model import GPTConfig, build_model, count_parameters
 from llmctl.pretrain.prepare import prepare_data
-from llmctl.pretrain.resolve import fill_in
 from llmctl.pretrain.shards import Manifest, load_tokens
 from llmctl.registry import default_name
 from llmctl.training.config import TrainConfig
@@ -90,19 +89,17 @@ def pretrain(cfg: PretrainConfig, note: Callable[[str], None] = lambda s: None,
     from llmctl.loading import quiet_transformers
 
     quiet_transformers()
-    state = PartialState(cpu=cpu_only())
-    fill_in(cfg, note if state.is_main_process else (lambda s: None), lambda measure: _from_main(state, measure))
     cfg.train.check()
     check_run_start(cfg.name, cfg.resume, cfg.out)
     cfg.out.mkdir(parents=True, exist_ok=True)
+    state = PartialState(cpu=cpu_only())
     spec = CorpusSpec(cfg.data, cfg.glob, cfg.text_field, cfg.min_chars)
     if not 0 < cfg.val_fraction < 1:
         raise UsageError(f"--val-fraction must be between 0 and 1, got {cfg.val_fraction}")
     with state.main_process_first():  # rank 0 tokenizes; the others then find the shards and reuse them
         tokenizer, manifest, reused = prepare_data(spec, cfg.tokenizer, cfg.vocab_size, cfg.out / "data",
                                                    cfg.train.seed, cfg.val_fraction, note if state.is_main_process else (lambda s: None),
-                                                   on_data_progress if state.is_main_process else None,
-                                                   sample_bytes=cfg.tokenizer_sample)
+                                                   on_data_progress if state.is_main_process else None)
     data_summary = {"train_tokens": manifest.train_tokens, "val_tokens": manifest.val_tokens,
                     "vocab_size": manifest.vocab_size, "reused": reused, "corpus": manifest.corpus,
                     "data_dir": str(cfg.out / "data")}
@@ -143,16 +140,6 @@ def pretrain(cfg: PretrainConfig, note: Callable[[str], None] = lambda s: None,
     return summary
 
 
-def _from_main(state, measure: Callable[[], float]) -> float:
-    """The main process measures; every other one gets its figure, so all choose the same settings."""
-    value = [measure() if state.is_main_process else None]
-    if state.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        broadcast_object_list(value, from_process=0)
-    return value[0]
-
-
 def _save_model(model, tokenizer, cfg: PretrainConfig, summary: dict, data_summary: dict) -> None:
     """Write the HF model files beside data/ and checkpoints/, each by rename; the record last."""
     save_pretrained_into(cfg.out, model, tokenizer)
@@ -169,11 +156,12 @@ def _register(cfg: PretrainConfig, summary: dict, manifest: Manifest, parameters
     entry = ModelEntry(
         name=name, provider="hf", source=str(cfg.out.resolve()), chat_template="none",
         context_length=cfg.model.context,
-        description=f"GPT pretrained by llmctl ({cfg.preset or 'budget-sized'} preset, {parameters:,} parameters)",
+        description=f"GPT pretrained by llmctl ({cfg.preset} preset, {parameters:,} parameters)",
         lineage={"level": "pretrain", "run": str(cfg.out.resolve()), "base": None, "data": cfg.data,
                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         info={"parameters": parameters, "tokenizer": {"kind": manifest.tokenizer, "vocab_size": manifest.vocab_size},
-              "architecture": architecture(cfg.model),
+              "architecture": "llama" if cfg.model.rope and not cfg.model.experts else
+                              ("mixtral" if cfg.model.experts else "gpt2"),
               "model": cfg.model.to_dict(), "training": training},
     )
     Registry().add(entry, replace=True)
