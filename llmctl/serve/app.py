@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from llmctl.serve.server import ModelServer
 
 MAX_BODY = 1 << 20  # 1 MiB of JSON is far more than any prompt this server can take
+MAX_HEADERS, MAX_HEADER_BYTES = 100, 16 * 1024  # h11 bounds headers still arriving; these bound what arrived
 GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions")
 
 
@@ -77,6 +78,9 @@ class Routes:
 
     async def dispatch(self, request: Request, path: str) -> Response:
         srv = self.server
+        headers = request.scope["headers"]
+        if len(headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
+            raise APIError(431, f"too many or too large headers (at most {MAX_HEADERS}, {MAX_HEADER_BYTES} bytes)")
         if request.method in ("GET", "HEAD"):
             if path == "/health" and (not srv.protect_health or self._authorized(request)):
                 return _json(200, {"status": "ok", "models": list(srv.backends),
