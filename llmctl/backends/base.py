@@ -18,13 +18,24 @@ if TYPE_CHECKING:
     from llmctl.config import Config
     from llmctl.registry import ModelEntry
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass
+class ToolCall:
+    """A function the model asks the caller to run: its name and its arguments as a JSON string."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass
 class Message:
     role: Role
     content: str
+    tool_calls: list[ToolCall] = field(default_factory=list)  # assistant turns that called tools
+    tool_call_id: str | None = None  # role "tool": the call this message answers
 
 
 @dataclass
@@ -49,6 +60,15 @@ class GenerationRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     raw: bool = False  # complete the text as is, even on a chat model
     top_probs: int = 0  # K > 0: report the K likeliest next tokens at every generated position
+    # Function calling, in OpenAI's shapes: [{"type": "function", "function": {name, description, parameters}}],
+    # and "auto", "none", "required" or {"type": "function", "function": {"name": ...}}.
+    tools: list[dict] = field(default_factory=list)
+    tool_choice: str | dict = "auto"
+    parallel_tool_calls: bool = True
+    response_format: dict | None = None  # {"type": "json_object"} or {"type": "json_schema", "json_schema": {...}}
+    # What local decoding must produce, resolved from the two above (llmctl.backends.constrained):
+    # a JSON schema the answer must match, or None for free text.
+    constraint: dict | None = None
 
 
 @dataclass

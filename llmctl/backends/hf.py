@@ -24,8 +24,12 @@ from llmctl.templates import apply_entry_template
 class HFBackend(Backend):
     capabilities = PROVIDERS["hf"].capabilities
 
-    def __init__(self, entry: ModelEntry, model, tokenizer, device: torch.device, origin: str):
+    def __init__(self, entry: ModelEntry, model, tokenizer, device: torch.device, origin: str,
+                 adapter_name: str | None = None):
         self.entry = entry
+        # On a model shared by several adapters (serve): the peft adapter this backend's rows decode
+        # with, "__base__" for the base model itself; None for a model of its own.
+        self.adapter_name = adapter_name
         self.name = entry.name
         self.model = model
         self.tokenizer = tokenizer
@@ -88,7 +92,8 @@ class HFBackend(Backend):
         return min(request.params.max_tokens, room)
 
     def _decode(self, prompt_ids: list[int], request: GenerationRequest, max_new: int) -> Iterator[Chunk]:
-        row = DecodeRow(prompt_ids, request, max_new, self.tokenizer)
+        row = DecodeRow(prompt_ids, request, max_new, self.tokenizer, grammar=self.grammar_for(request),
+                        adapter=self.adapter_name)
         for _, chunk in decode_rows(self.model, [row], self.device, self.pad_id, self.eos_ids, self._token_info):
             yield chunk
 
@@ -97,7 +102,17 @@ class HFBackend(Backend):
         """Check and encode a request for `decode_batch`; a bad request fails here, before it is queued."""
         _, prompt_ids = self._encode(request)
         max_new = self._room(prompt_ids, request)
-        return DecodeRow(prompt_ids, request, max_new, self.tokenizer, cancelled)
+        return DecodeRow(prompt_ids, request, max_new, self.tokenizer, cancelled, grammar=self.grammar_for(request),
+                         adapter=self.adapter_name)
+
+    def grammar_for(self, request: GenerationRequest):
+        """The grammar a request's answer must follow (a JSON schema, a tool call), or None."""
+        constraint = getattr(request, "constraint", None)
+        if constraint is None:
+            return None
+        from llmctl.backends.constrained import Grammar
+
+        return Grammar.compile(constraint, self.tokenizer, self.eos_ids)
 
     def decode_batch(self, rows: list[DecodeRow]) -> Iterator[tuple[int, Chunk]]:
         return decode_rows(self.model, rows, self.device, self.pad_id, self.eos_ids, self._token_info)
