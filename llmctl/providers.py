@@ -38,10 +38,11 @@ class Provider:
 
 PROVIDERS: dict[str, Provider] = {
     "hf": Provider("hf", "llmctl.backends.hf:HFBackend",
-                   Capabilities(remote=False, logits=True, batching=True, weights=True),
+                   Capabilities(remote=False, logits=True, batching=True, weights=True, tools=True, schemas=True,
+                                embeddings=True),
                    "local Hugging Face weights (a Hub repo, a directory, an adapter, a pretrained GPT)"),
     "openai": Provider("openai", "llmctl.backends.openai_backend:OpenAIBackend",
-                       Capabilities(remote=True, logits=False, batching=False, weights=False),
+                       Capabilities(remote=True, logits=False, batching=False, weights=False, tools=True, schemas=True),
                        "an OpenAI-compatible API (OpenAI, vLLM, ollama, llama.cpp, llmctl serve)"),
 }
 

@@ -102,6 +102,7 @@ class Chunk:
     finish_reason: str | None = None  # set on the last chunk: "stop", "length", "interrupted", "error"
     usage: dict[str, int] | None = None  # prompt_tokens, completion_tokens (last chunk)
     error: str | None = None  # with finish_reason "error": what failed while decoding this row only
+    tool_calls: list[ToolCall] = field(default_factory=list)  # remote models: calls parsed by the server
 
 
 class Response:
@@ -115,6 +116,7 @@ class Response:
         self._parts: list[str] = []
         self.tokens: list[TokenInfo] = []
         self.finish_reason: str | None = None
+        self.tool_calls: list[ToolCall] = []
         self.usage: dict[str, int] = {}
         self.timings: dict[str, float] = {"load_s": round(load_seconds, 4)}
         self.done = False
@@ -133,6 +135,7 @@ class Response:
                     raise LlmctlError(f"generation failed: {chunk.error}")
                 if chunk.finish_reason:
                     self.finish_reason = chunk.finish_reason
+                self.tool_calls.extend(chunk.tool_calls)
                 if chunk.usage:
                     self.usage = chunk.usage
                 if chunk.text:

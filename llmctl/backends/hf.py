@@ -62,8 +62,11 @@ class HFBackend(Backend):
 
     def _prompt_text(self, request: GenerationRequest) -> str:
         if self.is_chat(request):
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            from llmctl.backends.tools import chat_messages
+
+            messages, tools = chat_messages(request, self.tokenizer)
+            extra = {"tools": tools} if tools else {}
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
         return "".join(m.content for m in request.messages)
 
     def _encode(self, request: GenerationRequest) -> tuple[str, list[int]]:
@@ -107,11 +110,12 @@ class HFBackend(Backend):
 
     def grammar_for(self, request: GenerationRequest):
         """The grammar a request's answer must follow (a JSON schema, a tool call), or None."""
-        constraint = getattr(request, "constraint", None)
+        from llmctl.backends.constrained import Grammar
+        from llmctl.backends.tools import resolve_constraint
+
+        constraint = request.constraint if request.constraint is not None else resolve_constraint(request)
         if constraint is None:
             return None
-        from llmctl.backends.constrained import Grammar
-
         return Grammar.compile(constraint, self.tokenizer, self.eos_ids)
 
     def decode_batch(self, rows: list[DecodeRow]) -> Iterator[tuple[int, Chunk]]:

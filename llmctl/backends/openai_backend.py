@@ -14,7 +14,8 @@ from urllib.parse import urlparse
 # Safe at module level: llmctl.backends imports this module only when an OpenAI model is loaded.
 import openai
 
-from llmctl.backends.base import Backend, Chunk, GenerationRequest, RenderedPrompt, TokenInfo, TokenProb
+from llmctl.backends.base import (Backend, Chunk, GenerationRequest, Message, RenderedPrompt, TokenInfo, TokenProb,
+                                  ToolCall)
 from llmctl.config import Config
 from llmctl.errors import LlmctlError, ModelError, RemoteError, UsageError
 from llmctl.providers import PROVIDERS
@@ -88,6 +89,13 @@ class OpenAIBackend(Backend):
             args["stop"] = list(p.stop)
         if extra:
             args["extra_body"] = extra
+        # Passed through as given: the remote server does its own function calling and structured output.
+        if request.tools and not request.raw:
+            args.update(tools=request.tools, tool_choice=request.tool_choice)
+            if not request.parallel_tool_calls:
+                args["parallel_tool_calls"] = False
+        if request.response_format is not None and not request.raw:
+            args["response_format"] = request.response_format
         k = request.top_probs
         if k > 0 and not request.raw:
             if k > MAX_TOP_LOGPROBS:
@@ -99,7 +107,7 @@ class OpenAIBackend(Backend):
 
     def _stream(self, request: GenerationRequest, args: dict[str, Any]) -> Iterator[Chunk]:
         stream = self._open(request, args)
-        finish, usage, produced = None, None, 0
+        finish, usage, produced, calls = None, None, 0, {}
         try:
             for event in stream:
                 if getattr(event, "usage", None):  # the last event, when the server honours include_usage
@@ -110,13 +118,16 @@ class OpenAIBackend(Backend):
                     tokens = _token_infos(choice.logprobs, request.raw)
                     produced += len(tokens) or (1 if text else 0)
                     finish = choice.finish_reason or finish
+                    for delta in (None if request.raw else getattr(choice.delta, "tool_calls", None)) or []:
+                        _add_call_delta(calls, delta)  # a call arrives in pieces: id and name, then arguments
                     if text or tokens:
                         yield Chunk(text=text, tokens=tokens)
         except openai.OpenAIError as e:  # a stream can fail halfway: timeout, dropped connection, error event
             raise self._translate(e) from None
         finally:
             stream.close()  # also runs when the caller stops early (Response.cancel closes this generator)
-        yield Chunk(finish_reason=finish or "stop", usage=usage or {"completion_tokens": produced})
+        yield Chunk(finish_reason=finish or "stop", usage=usage or {"completion_tokens": produced},
+                    tool_calls=[ToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items())])
 
     def _open(self, request: GenerationRequest, args: dict[str, Any]) -> Any:
         try:
@@ -124,8 +135,7 @@ class OpenAIBackend(Backend):
                 args = {k: v for k, v in args.items() if k != "max_completion_tokens"}
                 args.setdefault("max_tokens", request.params.max_tokens)  # the legacy endpoint knows no other name
                 return self.client.completions.create(prompt=_raw_prompt(request), **args)
-            return self.client.chat.completions.create(
-                messages=[{"role": m.role, "content": m.content} for m in request.messages], **args)
+            return self.client.chat.completions.create(messages=[_wire_message(m) for m in request.messages], **args)
         except openai.BadRequestError as e:
             if not request.raw and "max_tokens" in args and "max_completion_tokens" in _message(e):
                 # Newer OpenAI models renamed the field; retry once with the new name, and remember it.
@@ -187,6 +197,25 @@ def _api_key(entry: ModelEntry, config: Config) -> str | None:
                               hint=f"export {entry.api_key_env}=...")
         return key
     return config.openai.api_key
+
+
+def _wire_message(m: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                             for c in m.tool_calls]
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def _add_call_delta(calls: dict[int, dict], delta: Any) -> None:
+    call = calls.setdefault(getattr(delta, "index", 0) or 0, {"id": "", "name": "", "arguments": ""})
+    call["id"] = getattr(delta, "id", None) or call["id"]
+    fn = getattr(delta, "function", None)
+    if fn is not None:
+        call["name"] = getattr(fn, "name", None) or call["name"]
+        call["arguments"] += getattr(fn, "arguments", None) or ""
 
 
 def _raw_prompt(request: GenerationRequest) -> str:

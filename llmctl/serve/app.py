@@ -166,7 +166,9 @@ class Routes:
         outputs = results.result()
         choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0}
         for i, (run, (text, finish, tokens, use)) in enumerate(zip(runs, outputs)):
-            choices.append(choice(chat, i, text, finish, tokens, bool(request.top_probs), False))
+            calls = run.tool_calls(text)
+            choices.append(choice(chat, i, "" if calls else text, "tool_calls" if calls else finish, tokens,
+                                  bool(request.top_probs), False, calls))
             usage["prompt_tokens"] = use.get("prompt_tokens", 0)
             usage["completion_tokens"] += use.get("completion_tokens", 0)
         return _json(200, envelope(chat, model, choices, False, usage))
@@ -214,14 +216,26 @@ async def _deltas(chat: bool, i: int, request: GenerationRequest, run: "Generati
         async for chunk in run.chunks():
             yield chunk
 
+    # With tools on offer, the answer may be a call: held back until it is whole, then sent as
+    # delta.tool_calls, or as text if it was not one.
+    hold = chat and bool(request.tools) and request.tool_choice != "none"
+    held, tokens = [], []
     async for chunk in chunks():
         if chunk.error:
             run.error = chunk.error
             return
-        if chunk.text:
+        if chunk.text and not hold:
             yield choice(chat, i, chunk.text, None, chunk.tokens, bool(request.top_probs), True)
+        elif chunk.text:
+            held.append(chunk.text)
+            tokens.extend(chunk.tokens)
         if chunk.finish_reason:
-            yield choice(chat, i, "", chunk.finish_reason, [], False, True)
+            calls = run.tool_calls("".join(held))
+            if calls:
+                yield choice(chat, i, "", None, [], False, True, calls)
+            elif held:
+                yield choice(chat, i, "".join(held), None, tokens, bool(request.top_probs), True)
+            yield choice(chat, i, "", "tool_calls" if calls else chunk.finish_reason, [], False, True)
 
 
 def _event(doc: dict[str, Any]) -> str:
@@ -246,6 +260,15 @@ class Generation:
         self.started_at = time.perf_counter()
         self.first_at: float | None = None
         self._job = None
+        self._calls = []
+
+    def tool_calls(self, text: str) -> list:
+        """The calls in the answer: as the remote server sent them, or parsed from a local model's text."""
+        if self._calls or not self.request.tools or self.server.backends[self.model].capabilities.remote:
+            return self._calls
+        from llmctl.backends.tools import parse_tool_calls
+
+        return parse_tool_calls(text, self.request)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -292,7 +315,7 @@ class Generation:
                 self.server.metrics.observe("ttft", self.first_at - self.started_at)
             if item.finish_reason:
                 self.finish, self.usage = item.finish_reason, item.usage or {}
-                self.error = item.error
+                self.error, self._calls = item.error, item.tool_calls
                 self._account()
             yield item
             if item.finish_reason:

@@ -8,7 +8,8 @@ import time
 import uuid
 from typing import Any
 
-from llmctl.backends.base import GenerationRequest, Message, SamplingParams, TokenInfo
+from llmctl.backends.base import GenerationRequest, Message, SamplingParams, TokenInfo, ToolCall
+from llmctl.errors import UsageError
 
 
 class APIError(Exception):
@@ -84,20 +85,12 @@ def parse_request(body: Any, chat: bool, default_max_tokens: int,
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise APIError(400, "'messages' must be a non-empty list", param="messages")
-        parsed = []
-        for m in messages:
-            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer"):
-                raise APIError(400, "each message needs a role: system, user or assistant", param="messages")
-            content = m.get("content")
-            if isinstance(content, list):  # content parts: keep the text ones
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-            if not isinstance(content, str):
-                raise APIError(400, "message content must be a string", param="messages")
-            parsed.append(Message("system" if m["role"] == "developer" else m["role"], content))
+        parsed = [_message(m) for m in messages]
         top = _number(body, "top_logprobs", int, 0, 0, 20) if body.get("logprobs") else 0
         if body.get("logprobs") and not top:
             top = 1
         request = GenerationRequest(parsed, params, raw=False, top_probs=top)
+        _function_calling(body, request)
     else:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -107,6 +100,64 @@ def parse_request(body: Any, chat: bool, default_max_tokens: int,
         top = _number(body, "logprobs", int, 0, 0, 20)
         request = GenerationRequest([Message("user", prompt)], params, raw=True, top_probs=top)
     return model, request, n, bool(body.get("stream"))
+
+
+def _message(m: Any) -> Message:
+    if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer", "tool"):
+        raise APIError(400, "each message needs a role: system, user, assistant or tool", param="messages")
+    content = m.get("content")
+    if isinstance(content, list):  # content parts: keep the text ones
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    calls = m.get("tool_calls") or []
+    if content is None and (calls or m["role"] == "assistant"):
+        content = ""  # an assistant turn that only called tools
+    if not isinstance(content, str):
+        raise APIError(400, "message content must be a string", param="messages")
+    if m["role"] == "tool" and not (isinstance(m.get("tool_call_id"), str) and m["tool_call_id"]):
+        raise APIError(400, "a message with role 'tool' needs the 'tool_call_id' it answers", param="messages")
+    if not isinstance(calls, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str)
+            for c in calls):
+        raise APIError(400, "message tool_calls must be [{\"id\": ..., \"function\": {\"name\": ..., "
+                            "\"arguments\": ...}}]", param="messages")
+    return Message("system" if m["role"] == "developer" else m["role"], content,
+                   tool_calls=[ToolCall(str(c.get("id") or ""), c["function"]["name"],
+                                        _arguments_text(c["function"].get("arguments"))) for c in calls],
+                   tool_call_id=m.get("tool_call_id"))
+
+
+def _arguments_text(arguments: Any) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments if arguments is not None else {})
+
+
+def _function_calling(body: dict, request: GenerationRequest) -> None:
+    """tools, tool_choice, parallel_tool_calls and response_format, checked here so a bad one is a 400
+    naming its field before anything is queued."""
+    from llmctl.backends.constrained import check_schema, response_schema
+    from llmctl.backends.tools import call_schema, check_tools
+
+    request.tools = body.get("tools") or []
+    request.tool_choice = body.get("tool_choice") or ("auto" if request.tools else "none")
+    parallel = body.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        raise APIError(400, "'parallel_tool_calls' must be true or false", param="parallel_tool_calls")
+    request.parallel_tool_calls = parallel
+    try:
+        check_tools(request.tools, request.tool_choice)
+        if (schema := call_schema(request)) is not None:
+            check_schema(schema, "the parameters schema of a tool")
+    except UsageError as e:
+        raise APIError(400, str(e), param="tool_choice" if "'tool_choice'" in str(e) else "tools") from None
+    request.response_format = body.get("response_format")
+    try:
+        response_schema(request.response_format)
+    except UsageError as e:
+        raise APIError(400, str(e), param="response_format") from None
+
+
+def tool_calls_doc(calls: list[ToolCall], delta: bool) -> list[dict]:
+    return [{**({"index": i} if delta else {}), "id": c.id, "type": "function",
+             "function": {"name": c.name, "arguments": c.arguments}} for i, c in enumerate(calls)]
 
 
 def _logprob(p: float | None) -> float:
@@ -134,10 +185,13 @@ def envelope(chat: bool, model: str, choices: list, stream: bool, usage: dict | 
 
 
 def choice(chat: bool, index: int, text: str, finish: str | None, tokens: list[TokenInfo], want_logprobs: bool,
-           delta: bool) -> dict:
+           delta: bool, tool_calls: list[ToolCall] | None = None) -> dict:
     out: dict[str, Any] = {"index": index, "finish_reason": finish}
     if chat:
-        out["delta" if delta else "message"] = {"role": "assistant", "content": text}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if tool_calls:
+            message.update(content=None, tool_calls=tool_calls_doc(tool_calls, delta))
+        out["delta" if delta else "message"] = message
         out["logprobs"] = chat_logprobs(tokens) if want_logprobs else None
     else:
         out["text"] = text
