@@ -52,6 +52,7 @@ class Batcher:
         self.observe = observe or (lambda name, value: None)  # metrics: batch sizes
         self.waiting: list[Job] = []
         self.ready = threading.Condition()
+        self.lock = threading.Lock()  # held for each forward pass: embeddings use the same model between steps
         self.closed = False
         self.running = 0
         self.stats = {"batches": 0, "largest_batch": 0, "finished": {}}  # for /health
@@ -114,12 +115,14 @@ class Batcher:
                     if not len(batch):
                         self.stats["batches"] += 1
                     jobs.update({id(job.row): job for job in joining})
-                    self._deliver(jobs, batch.add([job.row for job in joining]))
+                    with self.lock:
+                        self._deliver(jobs, batch.add([job.row for job in joining]))
                 self.running = len(batch)
                 self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
                 if len(batch):
                     self.observe("batch_size", len(batch))
-                    self._deliver(jobs, batch.step())
+                    with self.lock:
+                        self._deliver(jobs, batch.step())
             except Exception as e:  # noqa: BLE001 - a forward pass failed: every row in it gets the error
                 for job in jobs.values():
                     job.put(e)
