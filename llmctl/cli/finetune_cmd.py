@@ -58,6 +58,8 @@ def finetune(
     save_every: Annotated[Optional[int], typer.Option("--save-every", min=1, help=f"[default: {DEFAULTS.train.save_every}]")] = None,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")] = False,
     qlora: Annotated[bool, typer.Option("--qlora", help="4-bit base (CUDA + bitsandbytes).")] = False,
+    fsdp: Annotated[bool, typer.Option("--fsdp", help="Fully sharded training (FSDP2) under torchrun / accelerate launch.")] = False,
+    fsdp_layers: Annotated[Optional[str], typer.Option("--fsdp-layers", help="Layer classes sharded one by one, comma-separated (default: the model's decoder layer).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, help=f"[default: {DEFAULTS.train.seed}]")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Registry name (default: the --out directory's name).")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="auto or a checkpoint path.")] = None,
@@ -84,7 +86,7 @@ def finetune(
         raise UsageError("no training data", hint="pass --data FILE (see llmctl finetune --help)")
     train = FinetuneTrainConfig(**given(max_steps=max_steps, max_time=parse_duration(max_time), batch_size=batch_size,
                                         grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, eval_every=eval_every,
-                                        save_every=save_every, seed=seed))
+                                        save_every=save_every, seed=seed, fsdp_layers=fsdp_layers), fsdp=fsdp)
     columns = ColumnMap(**given(instruction=instruction_field, input=input_field, output=output_field,
                                 messages=messages_field, prompt=prompt_field, completion=completion_field,
                                 text=text_field))

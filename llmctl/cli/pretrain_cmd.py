@@ -63,6 +63,8 @@ def pretrain(
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, help=f"[default: {TRAIN.seed}]")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help=f"auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16. [default: {TRAIN.precision}]")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU).")] = False,
+    fsdp: Annotated[bool, typer.Option("--fsdp", help="Fully sharded training (FSDP2) under torchrun / accelerate launch.")] = False,
+    fsdp_layers: Annotated[Optional[str], typer.Option("--fsdp-layers", help="Layer classes sharded one by one, comma-separated (default: the model's decoder layer).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Registry name (default: the --out directory's name).")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="auto (this run's last checkpoint) or a checkpoint path.")] = None,
     prepare_only: Annotated[bool, typer.Option("--prepare-only", help="Only train the tokenizer and write token shards.")] = False,
@@ -90,7 +92,8 @@ def pretrain(
                                 batch_size=batch_size, grad_accum=grad_accum, lr=lr, min_lr=min_lr,
                                 warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
                                 eval_every=eval_every, eval_batches=eval_batches, save_every=save_every,
-                                log_every=log_every, seed=seed, precision=precision), compile=compile)
+                                log_every=log_every, seed=seed, precision=precision, fsdp_layers=fsdp_layers),
+                        compile=compile, fsdp=fsdp)
     config = PretrainConfig(**given(data=data, out=out, preset=preset, glob=glob, text_field=text_field,
                                     min_chars=min_chars, val_fraction=val_fraction, tokenizer=tokenizer,
                                     vocab_size=vocab_size, name=name, resume=resume),

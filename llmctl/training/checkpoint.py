@@ -36,30 +36,66 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def write_checkpoint(root: Path, model, optimizer, state: dict[str, Any], pointers: tuple[str, ...] = ("last",),
                      keep: int = 1) -> Path:
     """Save model, optimizer, RNG and loop state as step-N/, then point `pointers` at it."""
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{state['step']:07d}"
-    final, tmp = root / name, root / f".{name}.tmp"
+    final, tmp = _names(root, state)
     # A full disk mid-save: the half-written step is removed and the pointers still name the last good one.
     with building_folder(tmp, f"the checkpoint {final}", 3 * _nbytes(model),
                          hint=f"the last good checkpoint in {root} is kept (--resume auto); free some space first"):
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        _begin(root, state)
         _save_weights(model, tmp / "model.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
-        atomic_write_json(tmp / STATE, state)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for pointer in pointers:
-            atomic_write_text(root / pointer, name + "\n")
-        _prune(root, keep)
-        return final
+        return _finish(root, tmp, final, state, pointers, keep)
 
 
 def _nbytes(model) -> int:
     """Bytes of the trainable weights: with the optimizer's two moments, about what a checkpoint writes."""
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def write_sharded_checkpoint(root: Path, model, optimizer, state: dict[str, Any], pointers: tuple[str, ...],
+                             keep: int, *, main: bool, barrier) -> None:
+    """The same step-N/ directory from a sharded (FSDP) model: every process writes its shards of
+    weights and optimizer into it (torch.distributed.checkpoint), then the main process alone adds
+    RNG and state and renames it; a kill at any moment leaves the pointers on a complete checkpoint."""
+    from llmctl.training.distributed import save_sharded
+
+    final, tmp = _begin(root, state) if main else _names(root, state)
+    barrier()
+    save_sharded(tmp, model, optimizer)
+    barrier()
+    if main:
+        _finish(root, tmp, final, state, pointers, keep)
+    barrier()
+
+
+def is_sharded(path: Path) -> bool:
+    from llmctl.training.distributed import SHARDED
+
+    return (path / SHARDED).is_dir()
+
+
+def _names(root: Path, state: dict[str, Any]) -> tuple[Path, Path]:
+    name = f"step-{state['step']:07d}"
+    return root / name, root / f".{name}.tmp"
+
+
+def _begin(root: Path, state: dict[str, Any]) -> tuple[Path, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    final, tmp = _names(root, state)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return final, tmp
+
+
+def _finish(root: Path, tmp: Path, final: Path, state: dict[str, Any], pointers: tuple[str, ...], keep: int) -> Path:
+    torch.save(_rng_state(), tmp / "rng.pt")
+    atomic_write_json(tmp / STATE, state)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for pointer in pointers:
+        atomic_write_text(root / pointer, final.name + "\n")
+    _prune(root, keep)
+    return final
 
 
 def _save_weights(model, path: Path) -> None:
@@ -140,12 +176,17 @@ def resolve_resume(resume: str | None, root: Path) -> Path | None:
     return path
 
 
-def read_checkpoint(path: Path, model, device: torch.device) -> tuple[dict[str, Any], dict, dict[str, Any]]:
-    """Load weights into `model`; return (loop state, optimizer state, RNG state)."""
+def read_checkpoint(path: Path, model, device: torch.device) -> tuple[dict[str, Any], dict | None, dict[str, Any]]:
+    """Load weights into `model`; return (loop state, optimizer state, RNG state). A sharded
+    checkpoint returns only state and RNG: its weights and optimizer load once the model is sharded
+    (distributed.load_sharded)."""
+    rng = torch.load(path / "rng.pt", weights_only=True)
+    state = json.loads((path / STATE).read_text())
+    if is_sharded(path):
+        return state, None, rng
     _load_weights(model, path / "model.safetensors", str(device))
     optimizer_state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
-    rng = torch.load(path / "rng.pt", weights_only=True)
-    return json.loads((path / STATE).read_text()), optimizer_state, rng
+    return state, optimizer_state, rng
 
 
 restore_rng = _set_rng_state

@@ -31,6 +31,11 @@ class TrainConfig:
     precision: str = "auto"  # auto, fp32, bf16, fp16
     compile: bool = False
     keep_checkpoints: int = 1
+    # Fully sharded training (FSDP2) under torchrun / accelerate launch; an accelerate config with
+    # FSDP turns it on by itself. fsdp_layers: the layer classes to shard one by one (comma-separated;
+    # default: the model's decoder layer).
+    fsdp: bool = False
+    fsdp_layers: str | None = None
 
     def has_budget(self) -> bool:
         return self.max_steps is not None or self.max_tokens is not None or self.max_time is not None
