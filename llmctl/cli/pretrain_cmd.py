@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,8 +11,8 @@ import typer
 
 from llmctl.cli.options import JsonOpt
 from llmctl.cli.output import err, print_json
-from llmctl.pretrain.config import PretrainConfig
-from llmctl.training.config import TrainConfig, given
+from llmctl.pretrain.config import PretrainConfig, auto_train
+from llmctl.training.config import given
 
 # The library's defaults, for --help: an option left out is not passed, so the config's default holds.
 DEFAULTS = PretrainConfig(data=[])
@@ -29,9 +30,10 @@ def pretrain(
     ctx: typer.Context,
     data: Annotated[Optional[list[str]], typer.Option("--data", "-d", help="Text file, directory, JSONL/CSV/Parquet file, or 'python-stdlib'. Repeatable.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help=f"Run directory: the model, data/, checkpoints/, metrics. [default: {DEFAULTS.out}]")] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help=f"tiny (~1M params), small (~10M), gpt2-124m. [default: {DEFAULTS.preset}]")] = None,
-    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help=f"bpe (trained here), char, or a registry model to borrow from. [default: {DEFAULTS.tokenizer}]")] = None,
-    vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", min=2, help=f"BPE vocabulary size. [default: {DEFAULTS.vocab_size}]")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="tiny (~1M params), small (~10M), gpt2-124m. [default: a shape chosen from the budget, corpus and machine]")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="bpe (trained here), char, or a registry model to borrow from. [default: chosen from the corpus size]")] = None,
+    vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", min=2, help="BPE vocabulary size. [default: chosen from the corpus size]")] = None,
+    tokenizer_sample: Annotated[Optional[int], typer.Option("--tokenizer-sample", min=1, help=f"Bytes of the corpus BPE is trained on, spread over it. [default: {DEFAULTS.tokenizer_sample}]")] = None,
     glob: Annotated[Optional[str], typer.Option("--glob", help=f"Files to take from --data directories. [default: {DEFAULTS.glob}]")] = None,
     text_field: Annotated[Optional[str], typer.Option("--text-field", help=f"Text column of JSONL/CSV/Parquet data. [default: {DEFAULTS.text_field}]")] = None,
     min_chars: Annotated[Optional[int], typer.Option("--min-chars", min=1, help=f"Drop documents shorter than this. [default: {DEFAULTS.min_chars}]")] = None,
@@ -46,19 +48,22 @@ def pretrain(
     dropout: Annotated[Optional[float], typer.Option("--dropout")] = None,
     experts: Annotated[Optional[int], typer.Option("--experts", min=0, help="Mixture of experts: experts per layer.")] = None,
     experts_per_token: Annotated[Optional[int], typer.Option("--experts-per-token", min=1)] = None,
+    qk_norm: Annotated[Optional[bool], typer.Option("--qk-norm/--no-qk-norm", help="RMSNorm on queries and keys (saved as a Qwen3 model).")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1)] = None,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="Stop after this many training tokens.")] = None,
     max_time: Annotated[Optional[str], typer.Option("--max-time", help="Train until this budget (90s, 10m, 1h), then evaluate and save.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help=f"Sequences per device per micro-step. [default: {TRAIN.batch_size}]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Sequences per device per micro-step. [default: chosen from the budget]")] = None,
     grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", min=1, help=f"Micro-steps per optimizer step. [default: {TRAIN.grad_accum}]")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help=f"Peak learning rate. [default: {TRAIN.lr}]")] = None,
-    min_lr: Annotated[Optional[float], typer.Option("--min-lr", help=f"Learning rate at the end of the cosine. [default: {TRAIN.min_lr}]")] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option("--warmup-steps", min=0, help=f"[default: {TRAIN.warmup_steps}]")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (AdamW; with muon: embeddings, norms, output). [default: chosen from the budget]")] = None,
+    optimizer: Annotated[Optional[str], typer.Option("--optimizer", help="adamw, or muon (Muon for hidden matrices, AdamW for the rest). [default: chosen from the budget]")] = None,
+    muon_lr: Annotated[Optional[float], typer.Option("--muon-lr", help="Muon's peak learning rate for hidden matrices. [default: 0.02]")] = None,
+    min_lr: Annotated[Optional[float], typer.Option("--min-lr", help="Learning rate at the end of the cosine. [default: chosen from the budget]")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option("--warmup-steps", min=0, help="[default: chosen from the budget]")] = None,
     weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", min=0.0, help=f"[default: {TRAIN.weight_decay}]")] = None,
     grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", min=0.0, help=f"0 turns clipping off. [default: {TRAIN.grad_clip}]")] = None,
-    eval_every: Annotated[Optional[int], typer.Option("--eval-every", min=1, help=f"[default: {TRAIN.eval_every}]")] = None,
+    eval_every: Annotated[Optional[int], typer.Option("--eval-every", min=1, help="[default: chosen from the budget]")] = None,
     eval_batches: Annotated[Optional[int], typer.Option("--eval-batches", min=1, help=f"[default: {TRAIN.eval_batches}]")] = None,
-    save_every: Annotated[Optional[int], typer.Option("--save-every", min=1, help=f"[default: {TRAIN.save_every}]")] = None,
+    save_every: Annotated[Optional[int], typer.Option("--save-every", min=1, help="[default: chosen from the budget]")] = None,
     log_every: Annotated[Optional[int], typer.Option("--log-every", min=1, help=f"[default: {TRAIN.log_every}]")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, help=f"[default: {TRAIN.seed}]")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help=f"auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16. [default: {TRAIN.precision}]")] = None,
@@ -88,19 +93,20 @@ def pretrain(
     from llmctl.pretrain.run import pretrain as run_pretrain
     from llmctl.training.budget import parse_duration
 
-    train = TrainConfig(**given(max_steps=max_steps, max_tokens=max_tokens, max_time=parse_duration(max_time),
-                                batch_size=batch_size, grad_accum=grad_accum, lr=lr, min_lr=min_lr,
+    train = replace(auto_train(), **given(max_steps=max_steps, max_tokens=max_tokens, max_time=parse_duration(max_time),
+                                batch_size=batch_size, grad_accum=grad_accum, lr=lr, min_lr=min_lr, optimizer=optimizer, muon_lr=muon_lr,
                                 warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
                                 eval_every=eval_every, eval_batches=eval_batches, save_every=save_every,
                                 log_every=log_every, seed=seed, precision=precision, fsdp_layers=fsdp_layers),
                         compile=compile, fsdp=fsdp)
     config = PretrainConfig(**given(data=data, out=out, preset=preset, glob=glob, text_field=text_field,
                                     min_chars=min_chars, val_fraction=val_fraction, tokenizer=tokenizer,
-                                    vocab_size=vocab_size, name=name, resume=resume),
+                                    vocab_size=vocab_size, tokenizer_sample=tokenizer_sample, name=name, resume=resume),
                             train=train, prepare_only=prepare_only, register=not no_register)
-    config.model = make_preset(config.preset, layers=layers, heads=heads, width=width, context=context, mlp=mlp_size,
-                               rope=rope, tied=tied, dropout=dropout, experts=experts,
-                               experts_per_token=experts_per_token)
+    shape = dict(layers=layers, heads=heads, width=width, context=context, mlp=mlp_size, rope=rope, tied=tied,
+                 dropout=dropout, experts=experts, experts_per_token=experts_per_token, qk_norm=qk_norm)
+    # A preset fixes the shape; without one, what is not given is chosen when the run starts (pretrain/auto.py).
+    config.model = make_preset(config.preset, **shape) if config.preset else replace(config.model, **given(**shape))
     main = _is_main_rank()
     note = (lambda text: err.print(f"[dim]{text}[/]")) if main else (lambda text: None)
     with TrainProgress(enabled=main) as progress:

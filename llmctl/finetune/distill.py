@@ -18,6 +18,7 @@ from llmctl.finetune.config import DistillSettings
 from llmctl.finetune.sft import SupervisedLoRA
 from llmctl.finetune.task import FinetuneTask
 from llmctl.finetune.tokenize import IGNORE, Tokenized
+from llmctl.training.chunked_loss import chunked_terms, hidden_and_head
 from llmctl.training.config import TrainConfig
 from llmctl.training.task import forward
 
@@ -60,8 +61,10 @@ class DistillTerms(NamedTuple):
 
 
 def distill_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                  temperature: float) -> DistillTerms:
-    learned = labels != IGNORE
+                  temperature: float, learned_only: bool = True) -> DistillTerms:
+    """Per-token KL and CE on the learned tokens; with learned_only=False on every position (CE 0
+    where the label is IGNORE), for a chunk whose positions are picked afterwards."""
+    learned = labels != IGNORE if learned_only else torch.ones_like(labels, dtype=torch.bool)
     # A model may pad its embedding past the tokenizer; ids beyond the shared part never occur in data.
     width = min(student_logits.size(-1), teacher_logits.size(-1))
     student = student_logits[learned][:, :width].float()
@@ -70,7 +73,7 @@ def distill_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, la
     log_t = F.log_softmax(teacher / temperature, dim=-1)
     # T² keeps the gradient's size independent of T (Hinton et al.)
     kl = (log_t.exp() * (log_t - log_s)).sum(-1) * temperature ** 2
-    ce = F.cross_entropy(student, labels[learned], reduction="none")
+    ce = F.cross_entropy(student, labels[learned], ignore_index=IGNORE, reduction="none")
     return DistillTerms(kl, ce)
 
 
@@ -90,16 +93,29 @@ class DistillTask(FinetuneTask):
         device = batch["input_ids"].device
         if next(self.teacher.parameters()).device != device:  # follows the student wherever the loop put it
             self.teacher.to(device)
-        with torch.no_grad():
-            teacher_logits = forward(self.teacher, batch).logits
-        return distill_terms(forward(model, batch).logits, teacher_logits, batch["labels"], self.temperature)
+        with torch.no_grad():  # the teacher's last hidden states; its logits are made chunk by chunk
+            hidden, teacher_head, _ = hidden_and_head(self.teacher, lambda: forward(self.teacher, batch))
+        hidden = hidden.reshape(-1, hidden.size(-1))
+        labels = batch["labels"].reshape(-1)
+
+        def terms(student_logits: torch.Tensor, at: slice) -> torch.Tensor:
+            with torch.no_grad():
+                teacher_logits = teacher_head(hidden[at]).float()
+            kl, ce = distill_terms(student_logits, teacher_logits, labels[at], self.temperature, learned_only=False)
+            return torch.stack([kl, ce], dim=-1)
+
+        both, _ = chunked_terms(model, lambda: forward(model, batch), terms)
+        learned = labels != IGNORE
+        return DistillTerms(both[learned, 0], both[learned, 1])
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         terms = self._terms(model, batch)
         self._window["kl"] += float(terms.kl.detach().sum())
         self._window["ce"] += float(terms.ce.detach().sum())
         self._window["tokens"] += terms.kl.numel()
-        return self.alpha * terms.kl.mean() + (1 - self.alpha) * terms.ce.mean()
+        # per token of the whole step (loss_tokens: this micro-batch's share), as lm_loss
+        count = batch["loss_tokens"] if "loss_tokens" in batch else terms.kl.numel()
+        return (self.alpha * terms.kl.sum() + (1 - self.alpha) * terms.ce.sum()) / count
 
     def eval_sums(self, model, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         terms = self._terms(model, batch)

@@ -21,6 +21,7 @@ from llmctl.finetune.data import DataReport, Example, _string, read_rows
 from llmctl.finetune.method import Method
 from llmctl.finetune.task import FinetuneTask
 from llmctl.finetune.tokenize import IGNORE, Tokenized, encode, pack, problem
+from llmctl.training.chunked_loss import chunked_terms
 from llmctl.training.config import TrainConfig
 from llmctl.training.task import forward
 
@@ -132,11 +133,11 @@ def pack_pairs(pairs: list[PreferencePair]) -> dict[str, torch.Tensor]:
 # -- the objective ----------------------------------------------------------------------------------
 def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """log π(response | prompt) of every packed sequence: the sum over its response tokens."""
-    logits = forward(model, batch).logits
-    labels = batch["labels"].view(-1)
-    # cross_entropy per token = -log p(label); 0 where the label is IGNORE (prompt tokens)
-    token_logps = -F.cross_entropy(logits.view(-1, logits.size(-1)).float(), labels, ignore_index=IGNORE,
-                                   reduction="none")
+    labels = batch["labels"].reshape(-1)
+    # cross_entropy per token = -log p(label); 0 where the label is IGNORE (prompt tokens); in chunks,
+    # never the whole row's logits at once
+    token_logps, _ = chunked_terms(model, lambda: forward(model, batch), lambda logits, at: -F.cross_entropy(
+        logits, labels[at], ignore_index=IGNORE, reduction="none"))
     count = batch["ref_logps"].numel()
     return torch.zeros(count, device=token_logps.device).index_add(0, batch["segments"].view(-1), token_logps)
 
@@ -188,6 +189,7 @@ class DPOTask(FinetuneTask):
     """FinetuneTask's shuffled epochs, over pairs; the DPO loss; rewards in progress and validation."""
 
     collate = staticmethod(pack_pairs)
+    weigh_tokens = False  # the loss is a mean over pairs, and every process has as many
     eval_keys = ("val_loss", *(f"val_{k}" for k in REWARD_KEYS))
     reports_perplexity = False  # the loss is -log σ(reward margin), not a cross-entropy
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from llmctl.finetune.tokenize import Tokenized, pack
+from llmctl.finetune.tokenize import IGNORE, Tokenized, pack
 from llmctl.training.config import TrainConfig
 from llmctl.training.task import TrainTask
 
@@ -24,10 +24,19 @@ class FinetuneTask(TrainTask):
         order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
         return self.train[int(order[index])]
 
+    # Divide the loss by the step's learned tokens (see training.task.lm_loss); DPO's loss is per pair.
+    weigh_tokens = True
+
     def train_batch(self, step: int, micro: int, rank: int, world: int) -> dict[str, torch.Tensor]:
-        bs = self.cfg.batch_size
-        start = step * bs * self.cfg.grad_accum * world + (micro * world + rank) * bs
-        return self.collate([self._example(p) for p in range(start, start + bs)])
+        bs, parts = self.cfg.batch_size, self.cfg.grad_accum * world
+        first = step * bs * parts
+        start = first + (micro * world + rank) * bs
+        batch = self.collate([self._example(p) for p in range(start, start + bs)])
+        if self.weigh_tokens:
+            learned = sum(sum(label != IGNORE for label in self._example(p).labels[1:])
+                          for p in range(first, first + bs * parts))
+            batch["loss_tokens"] = torch.tensor(learned / parts)
+        return batch
 
     def eval_batches(self, rank: int, world: int):
         bs = self.cfg.batch_size

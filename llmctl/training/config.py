@@ -31,6 +31,8 @@ class TrainConfig:
     precision: str = "auto"  # auto, fp32, bf16, fp16
     compile: bool = False
     keep_checkpoints: int = 1
+    optimizer: str = "adamw"  # adamw, or muon (Muon for hidden matrices, AdamW for the rest: training/optim.py)
+    muon_lr: float = 0.02  # Muon's peak rate; it follows the same warmup and cosine as --lr
     # Fully sharded training (FSDP2) under torchrun / accelerate launch; an accelerate config with
     # FSDP turns it on by itself. fsdp_layers: the layer classes to shard one by one (comma-separated;
     # default: the model's decoder layer).
@@ -50,6 +52,10 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
             raise UsageError(f"need 0 < --lr and 0 <= --min-lr <= --lr, got lr={self.lr}, min-lr={self.min_lr}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise UsageError(f"unknown --optimizer '{self.optimizer}'", hint="use adamw or muon")
+        if not self.muon_lr > 0:
+            raise UsageError(f"--muon-lr must be positive, got {self.muon_lr}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise UsageError(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision}")
         if not self.has_budget():

@@ -23,6 +23,7 @@ from llmctl.training.config import TrainConfig
 from llmctl.training.distributed import (WithStateDict, fsdp_requested, full_state_dict, load_sharded,
                                          refuse_deepspeed, shard_model)
 from llmctl.training.metrics import MetricsLog, plot_loss
+from llmctl.training.optim import build_optimizer
 from llmctl.training.task import TrainTask
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
@@ -112,9 +113,7 @@ class Trainer:
             self.model = shard_model(self.model, self.cfg.fsdp_layers, self.device, precision)
         if self.cfg.compile:
             self.model = torch.compile(self.model)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.lr,
-                                           betas=(self.cfg.beta1, self.cfg.beta2),
-                                           fused=self.device.type == "cuda" or None)
+        self.optimizer = build_optimizer(self.model, self.cfg)
         if self.fsdp:  # sharded already; accelerate would wrap it in DDP on CPUs
             if start is not None:
                 load_sharded(start, self.model, self.optimizer)

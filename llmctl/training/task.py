@@ -9,6 +9,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
+from llmctl.training.chunked_loss import chunked_terms
+
 
 def forward(model, batch: dict[str, torch.Tensor]):
     """The model's output on a batch: plain rows, or packed rows whose positions restart at each
@@ -19,10 +21,15 @@ def forward(model, batch: dict[str, torch.Tensor]):
 
 
 def lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over positions whose label is not -100 (labels are already shifted)."""
-    out = forward(model, batch)
-    logits = out.logits
-    loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), batch["labels"].view(-1), ignore_index=-100)
+    """Mean cross-entropy over positions whose label is not -100 (labels are already shifted),
+    computed chunk by chunk (training/chunked_loss.py). With `loss_tokens` in the batch the sum is
+    divided by that instead: this micro-batch's share of the whole step's learned tokens, so that
+    every token of a step weighs the same however the step is split over micro-batches and processes."""
+    labels = batch["labels"].reshape(-1)
+    ce, out = chunked_terms(model, lambda: forward(model, batch),
+                            lambda logits, at: F.cross_entropy(logits, labels[at], ignore_index=-100, reduction="none"))
+    count = batch["loss_tokens"] if "loss_tokens" in batch else (labels != -100).sum()
+    loss = ce.sum() / count
     aux = getattr(out, "aux_loss", None)
     if aux is not None:  # mixture of experts: keep the router balanced
         loss = loss + model.config.router_aux_loss_coef * aux

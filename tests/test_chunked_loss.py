@@ -1,0 +1,114 @@
+"""Every loss is computed on chunks of positions, never on the whole batch's logits: the same
+values and gradients as the full-logits formulas (to 1e-5), and the output layer never sees more
+positions than a chunk."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmctl.finetune import distill, dpo
+from llmctl.finetune.tokenize import IGNORE, Tokenized, pack
+from llmctl.training import chunked_loss
+from llmctl.training.task import forward, lm_loss
+
+CHUNK = 7  # small, and not a divisor of the row: the last chunk is short
+
+
+def _model(path):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").train()
+
+
+def _batch(vocab: int, lengths=(11, 23, 9)) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    items = []
+    for n in lengths:
+        ids = torch.randint(3, vocab, (n,), generator=g).tolist()
+        items.append(Tokenized(ids, [IGNORE] * (n // 2) + ids[n // 2:], "t"))
+    return pack(items)
+
+
+def _grads(model) -> list[torch.Tensor]:
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def test_cross_entropy_in_chunks_equals_the_full_logits(tiny_chat_model, monkeypatch):
+    monkeypatch.setattr(chunked_loss, "CHUNK", CHUNK)
+    model = _model(tiny_chat_model)
+    batch = _batch(model.config.vocab_size)
+    logits = forward(model, batch).logits
+    full = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), batch["labels"].view(-1), ignore_index=IGNORE)
+    full.backward()
+    expected = _grads(model)
+    head = model.get_output_embeddings()
+    chunked = lm_loss(model, batch)
+    chunked.backward()
+    assert float(chunked.detach()) == pytest.approx(float(full.detach()), abs=1e-5)
+    for got, want in zip(_grads(model), expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert "forward" not in head.__dict__  # the output layer's own forward is back
+
+
+def test_the_output_layer_never_sees_more_than_a_chunk(tiny_chat_model, monkeypatch):
+    monkeypatch.setattr(chunked_loss, "CHUNK", CHUNK)
+    model = _model(tiny_chat_model)
+    batch = _batch(model.config.vocab_size)
+    head = model.get_output_embeddings()
+    rows = []
+    real = torch.nn.Linear.forward
+    monkeypatch.setattr(torch.nn.Linear, "forward",
+                        lambda self, x: (rows.append(x.reshape(-1, x.size(-1)).size(0)) if self is head else None)
+                        or real(self, x))
+    lm_loss(model, batch).backward()  # backward recomputes each chunk's logits
+    length = batch["input_ids"].size(1)
+    assert rows and max(rows) <= CHUNK and sum(rows) == 2 * length  # forward + recomputation
+
+
+def test_dpo_log_probs_in_chunks_equal_the_full_logits(tiny_chat_model, monkeypatch):
+    monkeypatch.setattr(chunked_loss, "CHUNK", CHUNK)
+    model = _model(tiny_chat_model)
+    batch = _batch(model.config.vocab_size)
+    batch["segments"] = torch.repeat_interleave(torch.arange(3), torch.tensor([10, 22, 8]))[None]
+    batch["ref_logps"] = torch.zeros(3)
+    logits = forward(model, batch).logits
+    token = -F.cross_entropy(logits.view(-1, logits.size(-1)).float(), batch["labels"].view(-1),
+                             ignore_index=IGNORE, reduction="none")
+    full = torch.zeros(3).index_add(0, batch["segments"].view(-1), token)
+    full.sum().backward()
+    expected = _grads(model)
+    chunked = dpo.sequence_logps(model, batch)
+    chunked.sum().backward()
+    torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
+    for got, want in zip(_grads(model), expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_distillation_in_chunks_equals_the_full_logits(tiny_chat_model, monkeypatch):
+    from llmctl.training.config import TrainConfig
+
+    monkeypatch.setattr(chunked_loss, "CHUNK", CHUNK)
+    model = _model(tiny_chat_model)
+    teacher = _model(tiny_chat_model)
+    with torch.no_grad():  # a teacher that differs from the student
+        for p in teacher.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    batch = _batch(model.config.vocab_size)
+    with torch.no_grad():
+        teacher_logits = forward(teacher, batch).logits
+    terms = distill.distill_terms(forward(model, batch).logits, teacher_logits, batch["labels"], 2.0)
+    full = 0.3 * terms.kl.mean() + 0.7 * terms.ce.mean()
+    full.backward()
+    expected = _grads(model)
+    task = distill.DistillTask([], [], TrainConfig(), teacher, temperature=2.0, alpha=0.3)
+    chunked = task.loss(model, batch)
+    chunked.backward()
+    assert float(terms.kl.mean()) > 1e-4  # the KL is not trivially zero
+    assert float(chunked.detach()) == pytest.approx(float(full.detach()), abs=1e-5)
+    for got, want in zip(_grads(model), expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
