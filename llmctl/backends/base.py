@@ -184,6 +184,8 @@ class Response:
             "usage": self.usage,
             "timings": self.timings,
         }
+        if self.request.tools:
+            out["tool_calls"] = [asdict(c) for c in self.tool_calls]
         if self.request.top_probs:
             out["top_probs"] = [
                 {"token": t.token, "prob": t.prob, "top": [asdict(p) for p in t.top]} for t in self.tokens

@@ -97,7 +97,14 @@ class HFBackend(Backend):
     def _decode(self, prompt_ids: list[int], request: GenerationRequest, max_new: int) -> Iterator[Chunk]:
         row = DecodeRow(prompt_ids, request, max_new, self.tokenizer, grammar=self.grammar_for(request),
                         adapter=self.adapter_name)
+        parts = []
         for _, chunk in decode_rows(self.model, [row], self.device, self.pad_id, self.eos_ids, self._token_info):
+            parts.append(chunk.text)
+            if chunk.finish_reason and request.tools and not chunk.error:
+                from llmctl.backends.tools import parse_tool_calls
+
+                chunk.tool_calls = parse_tool_calls("".join(parts), request)
+                chunk.finish_reason = "tool_calls" if chunk.tool_calls else chunk.finish_reason
             yield chunk
 
     # -- batching (used by `llmctl serve` for concurrent requests) -------------------------------

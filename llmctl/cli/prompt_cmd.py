@@ -38,6 +38,10 @@ def prompt(
     no_log: Annotated[bool, typer.Option("--no-log", help="Do not record this exchange in the log.")] = False,
     continue_: Annotated[bool, typer.Option("--continue", "-c", help="Continue the most recent conversation.")] = False,
     compare: Annotated[bool, typer.Option("--compare", help="With --shots: answer zero-shot and few-shot, with how likely each makes the few-shot answer's first token (not logged).")] = False,
+    schema: Annotated[Optional[Path], typer.Option("--schema", help="Answer JSON matching this JSON Schema file (enforced on local models).")] = None,
+    json_object: Annotated[bool, typer.Option("--json-object", help="Answer a JSON object (enforced on local models).")] = False,
+    tool: Annotated[Optional[list[Path]], typer.Option("--tool", help="A function the model may call: JSON file (repeatable); the calls are printed as JSON.")] = None,
+    tool_choice: Annotated[str, typer.Option("--tool-choice", help="With --tool: auto, none, required, or a function name (forces that call).")] = "auto",
 ) -> None:
     """Send a prompt to a model and stream the response.
 
@@ -68,12 +72,26 @@ def prompt(
             _show_comparison(backend, conversation, body, sampling_params(cfg, stop), raw, json_out)
             return
         request = build_request(backend, conversation, body, sampling_params(cfg, stop), raw=raw, top_probs=top_probs)
+        if schema is not None or json_object or tool:
+            from llmctl.structured import with_structure
+
+            request = with_structure(request, schema=schema, json_object=json_object, tools=tool, tool_choice=tool_choice)
         rendered = backend.render(request)
         if show_prompt:
             from llmctl.cli.render import rendered_prompt_text
 
             err.print(rendered_prompt_text(rendered))
         response = backend.generate(request)
+        if request.tools and not json_out:  # the answer may be a call: shown whole, as JSON, once it is complete
+            response.text()
+            if response.tool_calls:
+                from dataclasses import asdict
+
+                print_json([asdict(c) for c in response.tool_calls])
+                if log_enabled:
+                    log_exchange(LogStore(), conversation, backend, entry, body, response, rendered.text)
+                return
+            no_stream = True
         if json_out or no_stream:
             response.text()
         else:
