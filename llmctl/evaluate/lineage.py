@@ -120,19 +120,20 @@ class Trace:
 
 
 def greedy_trace(backend, request, max_tokens: int) -> Trace:
-    """Greedy tokens by argmax of the model's logits, then one forward pass over prompt + answer for the logits."""
+    """The greedy answer (transformers' own greedy search, with its KV cache: linear in the answer's length),
+    then one forward pass over prompt + answer for the logits at every answer step."""
     import torch
 
     row = backend.prepare_row(request)
     ids = list(row.prompt_ids)
-    answer: list[int] = []
     with torch.no_grad():
-        for _ in range(min(max_tokens, row.max_new)):
-            token = int(backend.model(input_ids=torch.tensor([ids + answer], device=backend.device)).logits[0, -1].argmax())
-            if token in backend.eos_ids:
-                break
-            answer.append(token)
-        logits = logits_on(backend, ids, answer)
+        prompt = torch.tensor([ids], device=backend.device)
+        out = backend.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                     max_new_tokens=min(max_tokens, row.max_new), eos_token_id=sorted(backend.eos_ids),
+                                     pad_token_id=backend.pad_id)
+    answer = [int(t) for t in out[0, len(ids):]]
+    answer = answer[:next((i for i, t in enumerate(answer) if t in backend.eos_ids), len(answer))]
+    logits = logits_on(backend, ids, answer)
     return Trace(backend.tokenizer.decode(answer, skip_special_tokens=True), ids, answer, logits)
 
 
