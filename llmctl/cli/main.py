@@ -20,7 +20,7 @@ COMMANDS = {
     "chat": LazyCommand("llmctl.cli.chat_cmd:chat", "Chat with a model. Type /help inside for commands (/system, /set, /reset, /save, /load, /exit)."),
     "pretrain": LazyCommand("llmctl.cli.pretrain_cmd:app", "Pretrain a GPT on your text: tokenizer, token shards, self-supervised next-token training; `pretrain pairs` shows the pairs it learns from."),
     "serve": LazyCommand("llmctl.cli.serve_cmd:serve", "Serve models over the OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /health."),
-    "eval": LazyCommand("llmctl.cli.eval_cmd:app", "Test models: perplexity, exact match, LLM as a judge, side-by-side comparison."),
+    "eval": LazyCommand("llmctl.cli.eval_cmd:app", "Test models: perplexity, exact match, LLM as a judge, comparison, lm-eval benchmarks, lineage; gates for CI."),
     "finetune": LazyCommand("llmctl.cli.finetune_cmd:app", "LoRA fine-tuning of a local model (supervised, --method dpo, --method distill); `finetune merge` folds an adapter in."),
     "data": LazyCommand("llmctl.cli.data_cmd:app", "Make and check training data: generate, distill, prefs, inspect.",
                         subcommands=(("prefs", "llmctl.cli.prefs_cmd:prefs"),)),
