@@ -243,7 +243,7 @@ def test_the_export_is_registered_shown_and_prompted_like_its_source(cli, models
     out = tmp_path / "chat.gguf"
     r = cli("export", str(models["llama"]), "--out", str(out), "--quant", "f32", "--name", "tiny-gguf")
     assert r.code == 0, r.err
-    assert "PASS" in r.out and "max logit diff" in r.out and "perplexity ratio" in r.out
+    assert "PASS" in r.out and "max logit diff" in r.out and "perplexity export/source" in r.out
     shown = cli("models", "show", "tiny-gguf", "--json").json()
     assert shown["source"] == str(out) and shown["lineage"]["quantization"] == "f32"
     assert shown["lineage"]["sha256"] == __import__("hashlib").sha256(out.read_bytes()).hexdigest()

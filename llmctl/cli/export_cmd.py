@@ -66,7 +66,7 @@ def _report(result) -> None:
                  ("chat template", {None: "none (base model)", True: "same text", False: "DIFFERENT"}[rt["template_equal"]]),
                  ("max logit diff", f"{rt['max_logit_diff']:.3g}"),
                  ("greedy continuations", "equal" if rt["greedy_equal"] else "differ"),
-                 ("perplexity ratio", f"{rt['ppl_ratio']:.4f} ({rt['ppl_export']:.2f} / {rt['ppl_source']:.2f})"),
+                 ("perplexity export/source", f"{rt['ppl_ratio']:.4f} ({rt['ppl_export']:.2f} / {rt['ppl_source']:.2f})"),
                  ("round trip", "[green]PASS[/]" if rt["passed"] else "[red]FAIL[/]: " + escape("; ".join(rt["failures"])))]
     else:
         rows.append(("round trip", "skipped (--no-verify)"))

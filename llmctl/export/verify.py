@@ -16,9 +16,11 @@ from pathlib import Path
 from llmctl.errors import EXIT_GATE, LlmctlError
 
 F32_LOGIT_TOLERANCE = 1e-3
-# Perplexity of the export over the source's, at most 1 + this. Larger for fewer bits: a broken layout
-# gives ratios in the tens, while honest rounding of a small model costs a few percent (bench/export.py).
-PPL_TOLERANCE = {"q8_0": 0.02, "q5_1": 0.06, "q5_0": 0.08, "q4_1": 0.15, "q4_0": 0.20}
+# Perplexity of the export over the source's, at most 1 + this: what rounding may honestly cost a small
+# model, while a broken layout or tokenizer makes it answer garbage. SmolLM2-135M (bench/export.py)
+# loses 0.2% at q8_0 and 27% at q4_0; its weights are themselves de-quantized Q4_1 (the embedded GGUF), which
+# makes q4_1 lossless for it and q5_0/q5_1 cost 10%/18%. Larger models lose less.
+PPL_TOLERANCE = {"q8_0": 0.02, "q5_1": 0.25, "q5_0": 0.25, "q4_1": 0.35, "q4_0": 0.35}
 GREEDY_TOKENS = 16
 
 TOKENIZER_PROBE = ("Crème brûlée, naïve façade, Ærøskøbing, 日本語 and ñandú 🦙🚀👩‍💻!\n"
@@ -172,12 +174,15 @@ def _greedy(model, ids: list[int]) -> list[int]:
     must not make the results differ."""
     import torch
 
+    from llmctl.backends.hf_decode import cache_argument
+
+    name = cache_argument(model)  # `cache` in transformers 5, `past_key_values` before; the output names it alike
     steps = min(GREEDY_TOKENS, _context(model) - len(ids))
     chosen, past, step_ids = [], None, list(ids)
     with torch.no_grad():
         for _ in range(steps):
-            out = model(torch.tensor([step_ids]), past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(torch.tensor([step_ids]), use_cache=True, **{name: past})
+            past = getattr(out, name)
             chosen.append(int(out.logits[0, -1].argmax()))
             step_ids = chosen[-1:]
     return chosen
