@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from llmctl.errors import UsageError
 
@@ -25,15 +25,54 @@ def read_text(path: Path, missing: str) -> str:
 
 def parse_jsonl(path: Path, text: str, hint: str | None = None) -> list[tuple[int, Any]]:
     """(line number, value) for every non-blank line; a bad line is an error naming file and line."""
-    rows = []
     # Split on "\n" only: str.splitlines() also breaks at U+2028/U+2029/NEL, which JSON strings may hold.
-    for number, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            try:
-                rows.append((number, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path}:{number}: not valid JSON ({e.msg})", hint=hint) from None
-    return rows
+    return [(number, loads_line(path, number, line, hint)) for number, line in enumerate(text.split("\n"), 1)
+            if line.strip()]
+
+
+def loads_line(path: Path, number: int, line: str, hint: str | None = None) -> Any:
+    """One JSONL line parsed; an error names file and line (deep nesting too, which json meets as recursion)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}:{number}: not valid JSON ({e.msg})", hint=hint) from None
+    except RecursionError:
+        raise UsageError(f"{path}:{number}: JSON nested too deeply to read", hint=hint) from None
+
+
+def jsonl_lines(path: Path, missing: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) for every non-blank line, read one line at a time: memory follows the longest
+    line, not the file. Lines end at "\n" only, as in parse_jsonl (a U+2028 in a string stays in its row)."""
+    try:
+        f = open(path, encoding="utf-8", newline="\n")
+    except FileNotFoundError:
+        raise UsageError(missing) from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    number = 0
+    with f:
+        try:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    yield number, line
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{path}:{number + 1}: not UTF-8 text ({e.reason})") from None
+
+
+def iter_jsonl(path: Path, missing: str, hint: str | None = None) -> Iterator[tuple[int, Any]]:
+    """parse_jsonl streamed: (line number, value), one line in memory at a time."""
+    for number, line in jsonl_lines(path, missing):
+        yield number, loads_line(path, number, line, hint)
+
+
+def starts_with(path: Path, char: str) -> bool:
+    """Whether the file's first non-blank character is `char` (a JSON array is "["), reading only its start."""
+    with open(path, "rb") as f:
+        while chunk := f.read(65536):
+            stripped = chunk.lstrip()
+            if stripped:
+                return stripped[:1] == char.encode()
+    return False
 
 
 def jsonl_line(row: Any) -> str:

@@ -4,20 +4,23 @@ statistics, exact and near duplicates, a few examples, and every problem with th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
+from array import array
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from llmctl.answering import ROLES, alpaca_prompt, prompt_from_row
-from llmctl.data.similarity import NearDuplicateIndex
+from llmctl.data.similarity import NearDuplicateIndex, WordCounts, index_words
 from llmctl.errors import UsageError
-from llmctl.finetune.data import ColumnMap, detect_format, read_rows
-from llmctl.jsonl import read_text
+from llmctl.finetune.data import ColumnMap, detect_format, iter_rows
+from llmctl.jsonl import jsonl_lines, starts_with
 
 FORMATS = ("alpaca", "alpaca-seed", "chat", "prompt-completion", "text", "preference", "prompts")
 MAX_PAIRS = 100  # near-duplicate pairs listed (all are counted)
+SEARCH_BUDGET = 2000  # earlier rows compared with each row at most: time stays linear in the rows
 
 
 def row_format(row: Any) -> str | None:
@@ -160,95 +163,168 @@ def prompt_text(row: dict, fmt: str) -> str:
     return first[0] if first else ""
 
 
-def normalised(row: dict, fmt: str) -> str:
-    """The row's texts, lower case with single spaces: equal for rows that differ only in case or spacing."""
-    parts = [f"{k}={' '.join(' '.join(v).lower().split())}" for k, v in sorted(fields_of(row, fmt).items())]
-    return "\n".join(parts)
+def normalised_pieces(texts: list[str], chunk: int = 1 << 20) -> Iterator[str]:
+    """The same as " ".join(" ".join(texts).lower().split()), in pieces of whole words (joined by spaces), a
+    megabyte at a time: never a list of every word of a 200 MB field, which would take gigabytes."""
+    carry = ""
+    for text in texts:
+        for start in range(0, len(text), chunk):
+            piece = carry + text[start:start + chunk]
+            words = piece.split()
+            carry = words.pop() if words and not piece[-1].isspace() else ""
+            if words:
+                yield " ".join(words).lower()
+        if carry:
+            yield carry.lower()
+            carry = ""
 
 
-# -- reading, and the whole inspection ------------------------------------------------------------------------
+def row_digest(row: dict, fmt: str) -> bytes:
+    """8 bytes that are equal for rows whose texts differ only in case or spacing (exact duplicates)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for name, values in sorted(fields_of(row, fmt).items()):
+        digest.update(f"\0{name}=".encode())
+        for i, piece in enumerate(normalised_pieces(values)):
+            digest.update((" " + piece if i else piece).encode("utf-8", "surrogatepass"))
+    return digest.digest()
 
-def read_all_rows(path: Path) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]]:
-    """(line, row) pairs and the lines that are not valid JSON: JSONL is read line by line so that every
-    bad line is reported; a JSON array, CSV or Parquet goes through the fine-tuning reader."""
+
+def count_words(text: str, chunk: int = 1 << 20) -> int:
+    """len(text.split()), a megabyte at a time, so a huge field is never a list of its words."""
+    count, previous_ends_in_word = 0, False
+    for start in range(0, len(text), chunk):
+        piece = text[start:start + chunk]
+        count += len(piece.split())
+        if previous_ends_in_word and not piece[0].isspace():
+            count -= 1  # one word cut in two by the chunk boundary
+        previous_ends_in_word = not piece[-1].isspace()
+    return count
+
+
+# -- reading: two streaming passes, one row in memory at a time -----------------------------------------------
+
+def iter_file(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+    """(line, row, None) for each row, (line, None, problem) for each line that is not valid JSON. JSONL is
+    read line by line (memory follows the longest row); a JSON array, CSV or Parquet goes through the
+    fine-tuning reader."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
-    if path.suffix.lower() in (".csv", ".parquet"):
-        return read_rows(path), []
-    text = read_text(path, f"{path}: no such file")
-    if text.lstrip().startswith("["):
-        return read_rows(path), []
-    rows, problems = [], []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append((number, json.loads(line)))
-            except json.JSONDecodeError as e:
-                problems.append({"line": number, "problem": f"not valid JSON ({e.msg})"})
-    return rows, problems
+    if path.suffix.lower() in (".csv", ".parquet") or starts_with(path, "["):
+        yield from ((number, row, None) for number, row in iter_rows(path))
+        return
+    for number, line in jsonl_lines(path, f"{path}: no such file"):
+        try:
+            yield number, json.loads(line), None
+        except json.JSONDecodeError as e:
+            yield number, None, f"not valid JSON ({e.msg})"
+        except RecursionError:
+            yield number, None, "JSON nested too deeply to read"
 
 
-def file_format(rows: list[tuple[int, Any]]) -> tuple[str | None, Counter]:
-    """The format most rows have, and how many rows look like each format."""
-    counts = Counter(f for f in (row_format(r) for _, r in rows) if f)
-    return (counts.most_common(1)[0][0] if counts else None), counts
+def survey(path: Path) -> tuple[Counter, int, WordCounts]:
+    """First pass: how many rows look like each format, how many lines there are, and how common each
+    prompt word is (to order the near-duplicate index)."""
+    counts: Counter = Counter()
+    lines, frequency = 0, WordCounts()
+    for _, row, _ in iter_file(path):
+        lines += 1
+        fmt = row_format(row)
+        if fmt:
+            counts[fmt] += 1
+            frequency.add(index_words(prompt_text(row, fmt)))
+    return counts, lines, frequency
 
 
-def row_problems(rows: list[tuple[int, Any]], fmt: str) -> list[dict[str, Any]]:
-    problems = []
-    for number, row in rows:
-        if not isinstance(row, dict):
-            problems.append({"line": number, "problem": f"expected a JSON object, got {type(row).__name__}"})
-            continue
-        found = CHECKS[fmt](row)
-        own = row_format(row)
-        suffix = f" (the row looks like {own}, the file is {fmt})" if own and own != fmt else ""
-        problems += [{"line": number, "problem": p + suffix} for p in found]
-    return problems
+def file_format(counts: Counter) -> str | None:
+    """The format most rows have."""
+    return counts.most_common(1)[0][0] if counts else None
 
 
-def describe(values: list[float]) -> dict[str, float]:
+def problems_of(number: int, row: Any, fmt: str) -> list[dict[str, Any]]:
+    if not isinstance(row, dict):
+        return [{"line": number, "problem": f"expected a JSON object, got {type(row).__name__}"}]
+    own = row_format(row)
+    suffix = f" (the row looks like {own}, the file is {fmt})" if own and own != fmt else ""
+    return [{"line": number, "problem": p + suffix} for p in CHECKS[fmt](row)]
+
+
+def describe(values) -> dict[str, float]:
     return {"min": min(values), "mean": round(statistics.fmean(values), 1),
             "median": round(float(statistics.median(values)), 1), "max": max(values)}
 
 
-def length_stats(rows: list[tuple[int, dict]], fmt: str, tokenizer=None) -> dict[str, dict[str, Any]]:
-    texts: dict[str, list[str]] = defaultdict(list)
-    for _, row in rows:
+class LengthStats:
+    """Lengths of every field's texts in chars, words and (with a tokenizer) tokens: numbers, not texts."""
+
+    BATCH = 256  # texts tokenized at once
+
+    def __init__(self, tokenizer=None):
+        self.tokenizer = tokenizer
+        self.lengths: dict[str, dict[str, array]] = {}
+        self.pending: dict[str, list[str]] = defaultdict(list)
+
+    def add(self, row: dict, fmt: str) -> None:
         for name, values in fields_of(row, fmt).items():
-            texts[name] += values
-    stats = {}
-    for name, values in texts.items():
-        if not values:
-            continue
-        stats[name] = {"count": len(values), "chars": describe([len(v) for v in values]),
-                       "words": describe([len(v.split()) for v in values])}
-        if tokenizer is not None:
-            ids = tokenizer(values, add_special_tokens=False)["input_ids"]
-            stats[name]["tokens"] = describe([len(i) for i in ids])
-    return stats
+            field = self.lengths.setdefault(name, {"chars": array("q"), "words": array("q"), "tokens": array("q")})
+            for value in values:
+                field["chars"].append(len(value))
+                field["words"].append(count_words(value))
+                if self.tokenizer is not None:
+                    self.pending[name].append(value)
+                    if len(self.pending[name]) >= self.BATCH:
+                        self._tokenize(name)
+
+    def _tokenize(self, name: str) -> None:
+        ids = self.tokenizer(self.pending.pop(name), add_special_tokens=False)["input_ids"]
+        self.lengths[name]["tokens"].extend(len(i) for i in ids)
+
+    def result(self) -> dict[str, dict[str, Any]]:
+        for name in list(self.pending):
+            self._tokenize(name)
+        stats = {}
+        for name, field in self.lengths.items():
+            if field["chars"]:
+                stats[name] = {"count": len(field["chars"]), "chars": describe(field["chars"]),
+                               "words": describe(field["words"])}
+                if self.tokenizer is not None:
+                    stats[name]["tokens"] = describe(field["tokens"])
+        return stats
 
 
-def duplicates(rows: list[tuple[int, dict]], fmt: str, max_similarity: float) -> dict[str, Any]:
-    """Exact duplicates (same normalised texts) as groups of lines; near duplicates as pairs of lines whose
-    prompts have a ROUGE-L F above `max_similarity` (the measure `data generate` filters with)."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for number, row in rows:
-        groups[normalised(row, fmt)].append(number)
-    exact = [lines for lines in groups.values() if len(lines) > 1]
-    repeated = {line for lines in exact for line in lines[1:]}
-    index, lines_in_index, pairs = NearDuplicateIndex(), [], []
-    for number, row in rows:
-        if number in repeated:
-            continue
+class Duplicates:
+    """Exact duplicates (same normalised texts, kept as an 8-byte digest per row) as groups of lines; near
+    duplicates as pairs of lines whose prompts have a ROUGE-L F above `max_similarity` (the measure
+    `data generate` filters with), found through the prefix-filtered index."""
+
+    def __init__(self, max_similarity: float, frequency: WordCounts, budget: int = SEARCH_BUDGET):
+        self.max_similarity, self.budget = max_similarity, budget
+        self.first: dict[bytes, int] = {}
+        self.groups: dict[int, list[int]] = {}
+        self.index = NearDuplicateIndex(max_similarity, frequency, keep_texts=False)
+        self.lines_in_index = array("q")
+        self.pairs: list[dict[str, Any]] = []
+        self.near = 0
+
+    def add(self, number: int, row: dict, fmt: str) -> None:
+        digest = row_digest(row, fmt)
+        first = self.first.setdefault(digest, number)
+        if first != number:
+            self.groups.setdefault(first, [first]).append(number)
+            return
         text = prompt_text(row, fmt)
-        score, match = index.most_similar(text, max_similarity)
+        score, match = self.index.most_similar(text, self.max_similarity, first=True, budget=self.budget)
         if match is not None:
-            pairs.append({"lines": [lines_in_index[match], number], "similarity": round(score, 3)})
-        index.add(text)
-        lines_in_index.append(number)
-    return {"exact": len(repeated), "exact_groups": exact, "near": len(pairs), "near_pairs": pairs[:MAX_PAIRS]}
+            self.near += 1
+            if len(self.pairs) < MAX_PAIRS:
+                self.pairs.append({"lines": [self.lines_in_index[match], number], "similarity": round(score, 3)})
+        self.index.add(text)
+        self.lines_in_index.append(number)
+
+    def result(self) -> dict[str, Any]:
+        exact = list(self.groups.values())
+        return {"exact": sum(len(g) - 1 for g in exact), "exact_groups": exact, "near": self.near,
+                "near_pairs": self.pairs, "near_search_cut_short": self.index.cut_short}
 
 
 def load_tokenizer(ref: str, config=None):
@@ -260,25 +336,36 @@ def load_tokenizer(ref: str, config=None):
 
 def inspect_file(path: Path, model_ref: str | None = None, examples: int = 3, max_similarity: float = 0.7,
                  config=None) -> dict[str, Any]:
-    """Everything `data inspect` shows, as one JSON-ready document."""
-    rows, problems = read_all_rows(Path(path))
-    fmt, counts = file_format(rows)
-    doc: dict[str, Any] = {"file": str(path), "format": fmt, "rows": len(rows) + len(problems),
-                           "row_formats": dict(counts), "tokenizer": model_ref, "fields": {},
-                           "duplicates": {"exact": 0, "exact_groups": [], "near": 0, "near_pairs": []}, "examples": []}
-    if not rows and not problems:
+    """Everything `data inspect` shows, as one JSON-ready document. The file is read twice, a row at a
+    time: once for the format, once for the rest; what is kept per row is a few numbers, not its text."""
+    path = Path(path)
+    counts, lines, frequency = survey(path)
+    fmt = file_format(counts)
+    doc: dict[str, Any] = {"file": str(path), "format": fmt, "rows": lines, "row_formats": dict(counts),
+                           "tokenizer": model_ref, "fields": {},
+                           "duplicates": {"exact": 0, "exact_groups": [], "near": 0, "near_pairs": [],
+                                          "near_search_cut_short": 0}, "examples": []}
+    problems: list[dict[str, Any]] = []
+    if not lines:
         problems.append({"line": None, "problem": "the file has no rows"})
     elif fmt is None:
+        problems += [{"line": n, "problem": p} for n, _, p in iter_file(path) if p]
         problems.append({"line": None, "problem": "cannot tell the format of any row (expected " + ", ".join(FORMATS) + ")"})
     else:
-        problems += row_problems(rows, fmt)
-        good = [(n, r) for n, r in rows if isinstance(r, dict)]
-        tokenizer = load_tokenizer(model_ref, config) if model_ref else None
-        doc["fields"] = length_stats(good, fmt, tokenizer)
-        doc["duplicates"] = duplicates(good, fmt, max_similarity)
-        flawed = {p["line"] for p in problems}
-        shown = [(n, r) for n, r in good if n not in flawed][:examples]  # rows that show the format as meant
-        doc["examples"] = [{"line": n, "fields": {k: "\n".join(v) for k, v in fields_of(r, fmt).items() if v}}
-                           for n, r in shown]
+        lengths = LengthStats(load_tokenizer(model_ref, config) if model_ref else None)
+        found = Duplicates(max_similarity, frequency)
+        for number, row, bad_json in iter_file(path):
+            if bad_json:
+                problems.append({"line": number, "problem": bad_json})
+                continue
+            own = problems_of(number, row, fmt)
+            problems += own
+            if not isinstance(row, dict):
+                continue
+            lengths.add(row, fmt)
+            found.add(number, row, fmt)
+            if not own and len(doc["examples"]) < examples:  # rows that show the format as meant
+                doc["examples"].append({"line": number, "fields": {k: "\n".join(v) for k, v in fields_of(row, fmt).items() if v}})
+        doc["fields"], doc["duplicates"] = lengths.result(), found.result()
     doc["problems"] = sorted(problems, key=lambda p: (p["line"] or 0))
     return doc

@@ -7,7 +7,9 @@ used to drop generated instructions too close to ones already kept.
 
 from __future__ import annotations
 
+import math
 import re
+from array import array
 from collections import Counter, defaultdict
 
 WORD = re.compile(r"[a-z0-9]+")
@@ -56,48 +58,106 @@ def rouge_l(candidate: str, reference: str) -> float:
     return _f_measure(lcs_length(a, b), len(a), len(b))
 
 
+MAX_WORDS = 1000  # the index judges a text by its first 1,000 words (of its first MAX_CHARS characters)
+MAX_CHARS = 100_000
+
+
+def index_words(text: str) -> list[str]:
+    """The words the index compares: bounded, so a 50 MB instruction costs what a long paragraph does."""
+    return WORD.findall(text[:MAX_CHARS].lower())[:MAX_WORDS]
+
+
+class WordCounts:
+    """About how many texts hold each word, in a fixed 4 MB however many words there are: a count per hash
+    bucket, so a word may read a little high. Enough to put rare words first; never needed exactly."""
+
+    BUCKETS = 1 << 20
+
+    def __init__(self) -> None:
+        self.counts = array("I", bytes(4 * self.BUCKETS))
+
+    def add(self, tokens: list[str]) -> None:
+        for token in set(tokens):
+            self.counts[hash(token) % self.BUCKETS] += 1
+
+    def get(self, token: str, default: int = 0) -> int:
+        return self.counts[hash(token) % self.BUCKETS]
+
+
 class NearDuplicateIndex:
     """Texts kept so far; `most_similar` finds the closest by ROUGE-L without scoring every one.
 
-    An LCS is never longer than the shared words counted with multiplicity, so 2·shared/(len a + len b)
-    bounds the F-measure from above. An inverted index gives that count for every text sharing a word
-    with the query; only texts whose bound can exceed the threshold get the exact LCS.
+    Prefix filtering (Chaudhuri et al. 2006; Bayardo et al. 2007): a pair can score above t only if it
+    shares more than t·len/(2-t) words (counted with multiplicity) from each side, because the LCS is at
+    most the shared words and F = 2·LCS/(len a + len b). Then, with the words of every text in one fixed
+    order, the first len - that + 1 of each side must meet, so only those are indexed and looked up.
+    Rare words first (`frequency`: word -> how many texts hold it) keeps the lists short: a word in every
+    row ("the", "say") sits at the end, outside the prefixes, and the work grows with the rows, not their
+    pairs. Without a threshold every word is indexed (any overlap can be the best match).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, threshold: float = 0.0, frequency: "dict[str, int] | WordCounts | None" = None, keep_texts: bool = True):
+        self.threshold, self.frequency, self.keep_texts = threshold, frequency or {}, keep_texts
         self.texts: list[str] = []
-        self._lengths: list[int] = []
-        self._masks: list[dict[str, int]] = []
-        self._postings: dict[str, list[tuple[int, int]]] = defaultdict(list)  # word -> [(text index, count)]
+        self._tokens: list[tuple[str, ...]] = []
+        self._postings: dict[tuple[str, int], list[int]] = defaultdict(list)  # (word, nth time in a text) -> texts
+        self.work = 0  # postings read: what the tests count instead of wall time
+        self.cut_short = 0  # searches that stopped at their budget
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self._tokens)
+
+    def _prefix(self, tokens: list[str], threshold: float) -> list[tuple[str, int]]:
+        """The first len - o + 1 (word, occurrence) elements in the global order, o the overlap needed."""
+        if not tokens:
+            return []
+        needed = math.floor(threshold * len(tokens) / (2 - threshold) - 1e-9) + 1
+        seen: Counter = Counter()
+        elements = []
+        for token in tokens:
+            seen[token] += 1
+            elements.append((token, seen[token]))
+        elements.sort(key=lambda e: (self.frequency.get(e[0], 0), e))
+        return elements[:len(tokens) - needed + 1]
 
     def add(self, text: str) -> int:
-        tokens = words(text)
-        index = len(self.texts)
-        self.texts.append(text)
-        self._lengths.append(len(tokens))
-        self._masks.append(_match_masks(tokens))
-        for token, count in Counter(tokens).items():
-            self._postings[token].append((index, count))
+        tokens = index_words(text)
+        index = len(self._tokens)
+        if self.keep_texts:
+            self.texts.append(text)
+        self._tokens.append(tuple(tokens))
+        for element in self._prefix(tokens, self.threshold):
+            self._postings[element].append(index)
         return index
 
-    def most_similar(self, text: str, threshold: float = 0.0) -> tuple[float, int | None]:
-        """(score, index) of the most similar text whose score is above `threshold`, else (0.0, None)."""
-        tokens = words(text)
-        if not tokens:
-            return 0.0, None
-        shared: dict[int, int] = defaultdict(int)
-        for token, count in Counter(tokens).items():
-            for index, other_count in self._postings.get(token, ()):
-                shared[index] += min(count, other_count)
-        best, best_index = threshold, None
-        for index, overlap in shared.items():
-            length = self._lengths[index]
-            if 2 * overlap / (length + len(tokens)) <= best:
-                continue
-            score = _f_measure(_lcs_with_masks(self._masks[index], length, tokens), length, len(tokens))
-            if score > best:
-                best, best_index = score, index
+    def most_similar(self, text: str, threshold: float = 0.0, first: bool = False,
+                     budget: int | None = None) -> tuple[float, int | None]:
+        """(score, index) of the most similar text whose score is above `threshold`, else (0.0, None).
+        `first`: any text above the threshold will do (the first met, rare words first), which keeps
+        a file of near-identical rows ("Say the number 1.", "... 2.") linear instead of quadratic.
+        `budget`: read at most this many postings, so the work per text is bounded even when many texts
+        share rare-looking words with no near duplicate among them; a search cut short is counted in
+        `self.cut_short` (it may have missed a match)."""
+        if threshold < self.threshold:
+            raise ValueError(f"this index finds scores above {self.threshold}, not {threshold}")
+        tokens = index_words(text)
+        masks = _match_masks(tokens)
+        best, best_index, seen = threshold, None, set()
+        for element in self._prefix(tokens, threshold):
+            for index in self._postings.get(element, ()):
+                if budget is not None and len(seen) >= budget:
+                    self.cut_short += 1
+                    return (best, best_index) if best_index is not None else (0.0, None)
+                self.work += 1
+                if index in seen:
+                    continue
+                seen.add(index)
+                other = self._tokens[index]
+                if 2 * min(len(other), len(tokens)) / (len(other) + len(tokens)) <= best:
+                    continue
+                score = _f_measure(_lcs_with_masks(masks, len(tokens), other), len(tokens), len(other))
+                if score > best:
+                    best, best_index = score, index
+                    if first:
+                        return best, best_index
         return (best, best_index) if best_index is not None else (0.0, None)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from llmctl.answering import alpaca_prompt, checked_messages
 from llmctl.errors import UsageError
-from llmctl.jsonl import parse_jsonl, read_text
+from llmctl.jsonl import iter_jsonl, read_text, starts_with
 
 FORMATS = ("alpaca", "chat", "prompt-completion", "text")
 
@@ -48,6 +48,12 @@ class ColumnMap:
 
 def read_rows(path: Path) -> list[tuple[int, Any]]:
     """(line or row number, row) pairs from JSON, JSONL, CSV or Parquet."""
+    return list(iter_rows(path))
+
+
+def iter_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """read_rows one row at a time: a JSONL file is never in memory whole (CSV, Parquet and a JSON array are)."""
+    path = Path(path)
     if not path.is_file():
         raise UsageError(f"--data {path}: no such file")
     suffix = path.suffix.lower()
@@ -58,15 +64,18 @@ def read_rows(path: Path) -> list[tuple[int, Any]]:
             rows = load_dataset(suffix[1:], data_files=str(path), split="train")
         except Exception as e:  # datasets raises many kinds for a malformed file
             raise UsageError(f"{path}: cannot read as {suffix[1:]}: {str(e).splitlines()[0]}") from None
-        return [(i + 2 if suffix == ".csv" else i + 1, dict(r)) for i, r in enumerate(rows)]
-    text = read_text(path, f"--data {path}: no such file")
-    stripped = text.lstrip()
-    if stripped.startswith("["):  # a JSON array (the original Alpaca data)
+        yield from ((i + 2 if suffix == ".csv" else i + 1, dict(r)) for i, r in enumerate(rows))
+        return
+    if starts_with(path, "["):  # a JSON array (the original Alpaca data)
+        text = read_text(path, f"--data {path}: no such file")
         try:
-            return [(i + 1, r) for i, r in enumerate(json.loads(text))]
+            yield from enumerate(json.loads(text), 1)
         except json.JSONDecodeError as e:
             raise UsageError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    return parse_jsonl(path, text, hint="one JSON object per line (JSONL), or a JSON array")
+        except RecursionError:
+            raise UsageError(f"{path}: JSON nested too deeply to read") from None
+        return
+    yield from iter_jsonl(path, f"--data {path}: no such file", hint="one JSON object per line (JSONL), or a JSON array")
 
 
 def detect_format(row: Any, columns: ColumnMap) -> str | None:
@@ -133,12 +142,12 @@ def load_examples(paths: list[Path], fmt: str = "auto", columns: ColumnMap | Non
         raise UsageError(f"unknown --format '{fmt}'", hint="use auto, " + ", ".join(FORMATS))
     report, examples = DataReport(), []
     for path in paths:
-        rows = read_rows(Path(path))
-        if not rows:
+        # Read twice, streaming: the format from the first row that shows one, then every row.
+        if next(iter_rows(Path(path)), None) is None:
             raise UsageError(f"{path}: the file has no rows (an empty dataset)")
         file_format = fmt
         if fmt == "auto":
-            file_format = next((f for f in (detect_format(r, columns) for _, r in rows) if f), None)
+            file_format = next((f for f in (detect_format(r, columns) for _, r in iter_rows(Path(path))) if f), None)
             if file_format is None:
                 raise UsageError(f"{path}: cannot tell the format of its rows",
                                  hint="expected alpaca (instruction/output), chat (messages), prompt/completion or "
@@ -147,7 +156,7 @@ def load_examples(paths: list[Path], fmt: str = "auto", columns: ColumnMap | Non
             raise UsageError(f"{path} is {file_format} but earlier files are {report.format}",
                              hint="use one format per run")
         report.format = file_format
-        for number, row in rows:
+        for number, row in iter_rows(Path(path)):
             report.rows += 1
             where = f"{path}:{number}"
             try:
