@@ -1,6 +1,7 @@
 """Serving throughput: requests/s and time to first token at 1, 4 and 16 concurrent clients
-against `llmctl serve` with batching (--max-batch 8) and without (1), and the same model's generation
-called in-process one request after another, in the same run.
+against `llmctl serve` with continuous batching (--max-batch 16) and without (1), and the same model's
+generation called in-process one request after another, in the same run; then the tokens/s of
+constrained decoding (a JSON schema) against free decoding, in-process.
 
 The server runs as its own process, as it would for users: in one process, a second thread running
 torch makes both threads' OpenMP pools compete for the cores, which would slow either side unfairly.
@@ -43,6 +44,29 @@ def in_process(backend, requests: int, max_tokens: int) -> dict:
         firsts.append(first)
     seconds = time.perf_counter() - start
     return {"requests_per_s": round(requests / seconds, 3), "ttft_s": round(statistics.median(firsts), 3)}
+
+
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["sentence", "words"],
+          "properties": {"sentence": {"type": "string"}, "words": {"type": "integer"}}}
+
+
+def constrained_vs_free(backend, requests: int, max_tokens: int) -> dict:
+    """Tokens/s in-process, free and under a JSON schema (same prompt, sampling at temperature 1)."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMA}}
+    out = {}
+    for name, extra in (("free", {}), ("constrained", {"response_format": fmt})):
+        tokens, seconds = 0, 0.0
+        for seed in range(requests):
+            request = GenerationRequest([Message("user", PROMPT + " Answer in JSON.")],
+                                        SamplingParams(temperature=1.0, seed=seed, max_tokens=max_tokens), **extra)
+            t0 = time.perf_counter()
+            response = backend.generate(request)
+            response.text()
+            seconds += time.perf_counter() - t0
+            tokens += response.usage["completion_tokens"]
+        out[name] = {"tokens_per_s": round(tokens / seconds, 2), "tokens": tokens}
+    out["slowdown"] = round(out["free"]["tokens_per_s"] / out["constrained"]["tokens_per_s"], 3)
+    return out
 
 
 def over_http(url: str, clients: int, requests: int, max_tokens: int) -> dict:
@@ -92,19 +116,64 @@ class served:
         self.proc.wait(timeout=60)
 
 
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def shared_adapters(model: str, count: int) -> dict:
+    """Memory of `count` LoRA adapters served on one copy of their base, against the base alone:
+    parameter bytes (each tensor once) and the process's resident memory."""
+    import tempfile
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from llmctl.loading import load_local
+    from llmctl.registry import ModelEntry
+    from llmctl.serve.run import open_shared
+
+    base_rss = rss_mib()
+    local = load_local(resolve_entry(model), Config())
+    one_rss = rss_mib() - base_rss
+    one_bytes = sum(p.numel() * p.element_size() for p in local.model.parameters())
+    with tempfile.TemporaryDirectory() as tmp:
+        entries = {}
+        for i in range(count):
+            torch.manual_seed(i)
+            peft = get_peft_model(local.model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+            peft.save_pretrained(f"{tmp}/a{i}")
+            local.model = peft.unload()  # the bare base again for the next adapter
+            entries[f"a{i}"] = ModelEntry(f"a{i}", "hf", f"{tmp}/a{i}", base=model, adapter=f"{tmp}/a{i}")
+        del local, peft
+        before = rss_mib()
+        backends = open_shared(entries, Config())
+        shared_rss = rss_mib() - before
+    seen = {p.data_ptr(): p.numel() * p.element_size() for b in backends.values() for p in b.model.parameters()}
+    return {"adapters": count, "one_model_param_mib": round(one_bytes / 2**20, 1),
+            "shared_param_mib": round(sum(seen.values()) / 2**20, 1),
+            "param_ratio": round(sum(seen.values()) / one_bytes, 3),
+            "one_model_rss_mib": round(one_rss, 1), "shared_rss_mib": round(shared_rss, 1),
+            "rss_ratio": round(shared_rss / one_rss, 3), "model_copies": len({id(b.model) for b in backends.values()})}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--adapters", type=int, default=0, help="Only measure the memory of N adapters on one base.")
     args = parser.parse_args()
+    if args.adapters:
+        print(json.dumps(shared_adapters(args.model, args.adapters), indent=2))
+        return
     global MODEL_NAME
     MODEL_NAME = args.model
     backend = open_backend(resolve_entry(args.model), Config())
     in_process(backend, 1, args.max_tokens)  # warm-up, so neither side pays for first-call costs
     before = in_process(backend, args.requests, args.max_tokens)
     runs = {}
-    for max_batch in (1, 8):
+    for max_batch in (1, 16):
         with served(args.model, max_batch) as url:
             over_http(url, 1, 1, args.max_tokens)  # warm-up
             for clients in (1, 4, 16):
@@ -114,9 +183,12 @@ def main() -> None:
     report = {"in_process": {"before": before, "after": after, "requests_per_s": round(baseline, 3)}}
     for name, result in runs.items():
         report[name] = dict(result, throughput_ratio=round(result["requests_per_s"] / baseline, 3))
+    one, sixteen = report["http_batch16_1_clients"], report["http_batch16_16_clients"]
+    report["ttft_16_over_1_client"] = round(sixteen["ttft_s"] / one["ttft_s"], 3)
+    report["constrained"] = constrained_vs_free(backend, 4, 48)
     print(json.dumps(report, indent=2))
     print("requests/s over HTTP relative to in-process: "
-          + ", ".join(f"{k}: {v['throughput_ratio']}" for k, v in report.items() if k != "in_process"), file=sys.stderr)
+          + ", ".join(f"{k}: {v['throughput_ratio']}" for k, v in report.items() if k.startswith("http_")), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -246,3 +246,21 @@ def test_sigterm_mid_stream_ends_it_as_interrupted_and_exits_0(model_dir):
         assert "Traceback" not in proc.stderr.read()
     finally:
         proc.kill()
+
+
+def test_cors_is_off_unless_an_origin_is_given(backend):
+    import urllib.request
+
+    for cors, allowed in ((None, None), (["http://app.example"], "http://app.example")):
+        srv = ModelServer({"m": backend}, "127.0.0.1", 0, cors=cors, shutdown_timeout=0)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        try:
+            request = urllib.request.Request(srv.url + "/models", headers={"Origin": "http://app.example"})
+            with urllib.request.urlopen(request, timeout=10) as r:
+                assert r.headers.get("Access-Control-Allow-Origin") == allowed
+            status, _, reply = raw(srv, b"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: x\r\nOrigin: http://app.example\r\n"
+                                        b"Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n")
+            assert status == (200 if cors else 405)
+        finally:
+            srv.shutdown()
+            srv.server_close()

@@ -112,3 +112,23 @@ def test_bad_tools_and_schemas_are_400s(server, extra, param, says):
         chat(server, **extra)
     assert e.value.body["param"] == param and says in e.value.body["message"]
     assert chat(server, max_tokens=2).choices  # still serving
+
+
+def test_a_remote_backend_passes_tools_and_response_format_through(server):
+    """OpenAIBackend against this server: the fields go out, the tool calls come back."""
+    from llmctl.backends.base import GenerationRequest, Message, SamplingParams
+    from llmctl.backends.openai_backend import OpenAIBackend
+
+    remote = OpenAIBackend(ModelEntry("m", "openai", "m", base_url=server.url), Config())
+    try:
+        params = SamplingParams(temperature=1.0, seed=5, max_tokens=120)
+        calls = remote.generate(GenerationRequest([Message("user", "2+3?")], params, tools=TOOLS[1:],
+                                                  tool_choice="required", parallel_tool_calls=False))
+        calls.text()
+        assert calls.finish_reason == "tool_calls" and [c.name for c in calls.tool_calls] == ["add"]
+        jsonschema.validate(json.loads(calls.tool_calls[0].arguments), TOOLS[1]["function"]["parameters"])
+        fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": ANSWER}}
+        answer = remote.generate(GenerationRequest([Message("user", "Hi")], params, response_format=fmt)).text()
+        jsonschema.validate(json.loads(answer), ANSWER)
+    finally:
+        remote.close()
