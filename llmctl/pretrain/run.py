@@ -89,8 +89,8 @@ def pretrain(cfg: PretrainConfig, note: Callable[[str], None] = lambda s: None,
     from llmctl.loading import quiet_transformers
 
     quiet_transformers()
-    cfg.train.check()
     check_run_start(cfg.name, cfg.resume, cfg.out)
+    cfg.train.check()
     cfg.out.mkdir(parents=True, exist_ok=True)
     state = PartialState(cpu=cpu_only())
     spec = CorpusSpec(cfg.data, cfg.glob, cfg.text_field, cfg.min_chars)

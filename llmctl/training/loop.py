@@ -110,6 +110,9 @@ class Trainer:
             self.state, optimizer_state, rng = read_checkpoint(start, self.model, torch.device("cpu"))
             self.note(f"resuming from {start} (step {self.state['step']})")
         if self.fsdp:  # before the optimizer: sharding replaces the parameters
+            if getattr(self.cfg, "optimizer", "adamw") != "adamw":  # Muon orthogonalises whole matrices, not shards
+                raise UsageError(f"--fsdp trains with AdamW only, not --optimizer {self.cfg.optimizer}",
+                                 hint="pass --optimizer adamw, or train without --fsdp")
             self.model = shard_model(self.model, self.cfg.fsdp_layers, self.device, precision)
         if self.cfg.compile:
             self.model = torch.compile(self.model)
