@@ -101,9 +101,14 @@ def finetune(
     if dry_run:
         _show_inspection(config, json_out)
         return
-    with TrainProgress() as progress:
-        summary = run_finetune(config, note=lambda text: err.print(f"[dim]{text}[/]"),
+    import os
+
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun / accelerate launch only rank 0 reports
+    with TrainProgress(enabled=main) as progress:
+        summary = run_finetune(config, note=(lambda text: err.print(f"[dim]{text}[/]")) if main else (lambda text: None),
                                on_progress=progress.update)
+    if not main:
+        return
     if json_out:
         print_json(summary)
         return

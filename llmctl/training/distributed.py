@@ -68,6 +68,9 @@ def shard_model(model, layers: str | None, device: torch.device, precision: str)
         raise UsageError("--fsdp with fp16 is not supported (its loss scaler does not see sharded gradients)",
                          hint="use --precision bf16 (or fp32)")
     classes = tuple(layer_classes(model, layers))
+    if not torch.distributed.is_initialized():
+        raise UsageError("--fsdp shards the model over several processes, and this is one",
+                         hint="launch with torchrun --nproc_per_node N -m llmctl ... or accelerate launch -m llmctl ...")
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
     # Parameters stay float32 masters; bf16 only for compute, gradients reduced in float32.
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \

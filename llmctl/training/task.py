@@ -60,8 +60,9 @@ class TrainTask:
     def eval_sums(self, model, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """Each eval_keys metric summed over the batch's items, and "count", the number of items:
         the loop adds them up over every process and batch, then divides."""
-        rows = batch["input_ids"].size(0)
-        return {"val_loss": float(lm_loss(model, batch)) * rows, "count": rows}
+        # per learned token: the same validation loss whatever the batch size (packed rows differ in length)
+        tokens = int((batch["labels"] != -100).sum())
+        return {"val_loss": float(lm_loss(model, batch)) * tokens, "count": tokens}
 
     def eval_extras(self, val_loss: float) -> dict[str, float]:
         """Metrics derived from the validation loss (e.g. bits per character)."""
