@@ -86,15 +86,14 @@ def verify_round_trip(model, tokenizer, path: Path, quant: str, chat: bool) -> R
     start = time.perf_counter()
     loaded = load_gguf(path)
     back, back_tok = loaded.model, loaded.tokenizer
-    prompts = [_prompt_ids(tokenizer, p, chat) for p in PROMPTS]
+    continuations = [_continuation(model, back, _prompt_ids(tokenizer, p, chat)) for p in PROMPTS]
     text_ids = _ids(tokenizer, SAMPLE_TEXT)[: _context(model)]
     result = RoundTrip(
         loader=loaded.loader, quant=quant,
         tokenizer_equal=_tokenizer_equal(tokenizer, back_tok, chat),
         template_equal=_template_equal(tokenizer, back_tok) if chat else None,
         specials_equal=_specials(tokenizer) == _specials(back_tok),
-        max_logit_diff=max(_logit_diff(model, back, ids) for ids in prompts),
-        greedy_equal=all(_greedy(model, ids) == _greedy(back, ids) for ids in prompts),
+        max_logit_diff=max(diff for diff, _ in continuations), greedy_equal=all(same for _, same in continuations),
         ppl_source=_perplexity(model, text_ids), ppl_export=_perplexity(back, text_ids))
     result.failures = _failures(result)
     result.seconds = round(time.perf_counter() - start, 2)
@@ -165,8 +164,15 @@ def _logits(model, ids: list[int]):
         return model(torch.tensor([ids])).logits[0].float()
 
 
-def _logit_diff(source, back, ids: list[int]) -> float:
-    return float((_logits(source, ids) - _logits(back, ids)).abs().max())
+def _continuation(source, back, ids: list[int]) -> tuple[float, bool]:
+    """(largest logit difference over the prompt and the source's greedy continuation, whether the export
+    continues greedily the same way). The export is read once over prompt + continuation: its argmax at
+    every step equal to the source's next token is exactly "the same greedy continuation"."""
+    chosen = _greedy(source, ids)
+    full = ids + chosen
+    source_logits, back_logits = _logits(source, full), _logits(back, full)
+    steps = back_logits[len(ids) - 1: len(full) - 1].argmax(-1).tolist()
+    return float((source_logits - back_logits).abs().max()), steps == chosen
 
 
 def _greedy(model, ids: list[int]) -> list[int]:
