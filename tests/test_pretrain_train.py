@@ -257,4 +257,5 @@ def test_the_cli_passes_only_what_was_given(cli, corpus_file, monkeypatch):
     assert cli("pretrain", "--data", str(corpus_file), "--preset", "small", "--width", "96", "--json").code == 0
     assert seen[1].preset == "small" and seen[1].model.width == 96 and seen[1].model.layers == 6
     shown = cli("pretrain", "--help").out
-    assert "[default: 0.001]" in shown and "[default: runs/gpt]" in shown and "[default: tiny]" in shown
+    assert "[default: chosen from the budget]" in shown and "[default: runs/gpt]" in shown
+    assert "--optimizer" in shown and "--qk-norm" in shown and "--tokenizer-sample" in shown

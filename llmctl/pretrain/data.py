@@ -1,7 +1,7 @@
 """Corpus reading and cleaning: text files, directories, JSONL/CSV/Parquet, the Python stdlib.
 
-Documents stream one at a time (corpora larger than RAM are fine); exact duplicates are found by
-hash, so memory grows with the number of documents, not their size. Files that are not UTF-8
+Documents stream one at a time, big files in chunks (corpora larger than RAM are fine); exact
+duplicates are found by hash, so memory grows with the number of documents, not their size. Files that are not UTF-8
 text are counted and skipped, never fatal.
 """
 
@@ -17,6 +17,8 @@ from typing import Iterator
 from llmctl.errors import UsageError
 
 BUILTIN_CORPORA = ("python-stdlib",)
+STREAM_BYTES = 16 << 20  # text files larger than this are read in chunks, never whole
+STREAM_CHARS = 4 << 20
 TABLE_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -105,11 +107,42 @@ def _table_rows(path: Path, text_field: str) -> Iterator[str]:
         raise UsageError(f"{path}: cannot read as {TABLE_SUFFIXES[path.suffix]}: {str(e).splitlines()[0]}") from None
 
 
-def iter_documents(spec: CorpusSpec, report: CorpusReport) -> Iterator[str]:
-    """Clean, de-duplicated documents from every source, in a fixed order."""
+def _stream_parts(path: Path, report: CorpusReport) -> Iterator[tuple[str, bool]]:
+    """A big text file in chunks of about STREAM_CHARS, cut at line ends: (text, is the last chunk)."""
+    previous = None
+    try:
+        with open(path, "rb") as f:
+            binary = b"\x00" in f.read(8192)
+        if binary:
+            report.skipped_files.append(str(path))
+            return
+        with open(path, encoding="utf-8", newline=None) as f:  # universal newlines: \r\n and \r become \n
+            while chunk := f.read(STREAM_CHARS):
+                chunk += f.readline()
+                if previous is not None:
+                    report.characters += len(previous)
+                    yield previous, False
+                else:
+                    chunk = chunk.lstrip("\n")
+                previous = chunk
+    except (OSError, UnicodeDecodeError):
+        report.skipped_files.append(str(path))
+        previous = "" if previous is not None else None  # close what was already given out
+    if previous is not None:
+        report.documents += 1
+        report.characters += len(previous.rstrip("\n"))
+        yield previous.rstrip("\n"), True
+
+
+def iter_parts(spec: CorpusSpec, report: CorpusReport) -> Iterator[tuple[str, bool]]:
+    """Clean, de-duplicated documents as (text, ends a document): a text file larger than STREAM_BYTES
+    comes in chunks (and is not de-duplicated), so memory stays bounded whatever the file size."""
     seen: set[bytes] = set()
     for path in resolve_files(spec):
         report.files += 1
+        if path.suffix not in TABLE_SUFFIXES and path.stat().st_size > STREAM_BYTES:
+            yield from _stream_parts(path, report)
+            continue
         if path.suffix in TABLE_SUFFIXES:
             texts: Iterator[str] = _table_rows(path, spec.text_field)
         else:
@@ -133,7 +166,17 @@ def iter_documents(spec: CorpusSpec, report: CorpusReport) -> Iterator[str]:
             seen.add(digest)
             report.documents += 1
             report.characters += len(text)
-            yield text
+            yield text, True
+
+
+def iter_documents(spec: CorpusSpec, report: CorpusReport) -> Iterator[str]:
+    """Clean, de-duplicated documents from every source, in a fixed order, each whole."""
+    parts: list[str] = []
+    for text, last in iter_parts(spec, report):
+        parts.append(text)
+        if last:
+            yield "".join(parts)
+            parts = []
 
 
 def is_validation(text: str, seed: int, fraction: float) -> bool:

@@ -1,6 +1,6 @@
 """The GPT we pretrain, as a stock Hugging Face architecture so the output needs no custom code:
 Llama (RoPE, SwiGLU, RMSNorm) by default, GPT-2 (learned positions) with --no-rope, Mixtral for
-mixture-of-experts. vLLM, TGI, llama.cpp's converter and peft all know these.
+mixture-of-experts, Qwen3 (Llama plus RMSNorm on queries and keys) with --qk-norm. vLLM, TGI, llama.cpp's converter and peft all know these.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class GPTConfig:
     dropout: float = 0.0
     experts: int = 0  # > 0: mixture of experts (Mixtral)
     experts_per_token: int = 2
+    qk_norm: bool = False  # RMSNorm on queries and keys (the Qwen3 architecture)
 
     def mlp_size(self) -> int:
         if self.mlp:
@@ -62,6 +63,14 @@ def check(c: GPTConfig) -> None:
         raise UsageError(f"--experts-per-token must be between 1 and --experts ({c.experts})")
     if c.experts and not c.rope:
         raise UsageError("mixture of experts uses the Mixtral architecture, which needs RoPE (drop --no-rope)")
+    if c.qk_norm and (c.experts or not c.rope):
+        raise UsageError("--qk-norm builds a Qwen3 model, which has RoPE and no experts here "
+                         "(drop --no-rope / --experts)")
+
+
+def architecture(c: GPTConfig) -> str:
+    """The transformers architecture family this GPT is saved as."""
+    return "gpt2" if not c.rope else "mixtral" if c.experts else "qwen3" if c.qk_norm else "llama"
 
 
 def hf_config(c: GPTConfig, vocab_size: int, eot_id: int):
@@ -82,6 +91,10 @@ def hf_config(c: GPTConfig, vocab_size: int, eot_id: int):
 
         return MixtralConfig(num_local_experts=c.experts, num_experts_per_tok=c.experts_per_token,
                              output_router_logits=True, router_aux_loss_coef=0.01, **shared)
+    if c.qk_norm:
+        from transformers import Qwen3Config
+
+        return Qwen3Config(head_dim=c.width // c.heads, use_sliding_window=False, **shared)
     from transformers import LlamaConfig
 
     return LlamaConfig(**shared)

@@ -17,8 +17,10 @@ from llmctl.errors import UsageError
 from llmctl.fsutil import atomic_write_json, save_pretrained_into
 from llmctl.pretrain.config import PretrainConfig
 from llmctl.pretrain.data import CorpusSpec
-from llmctl.pretrain.model import GPTConfig, build_model, count_parameters
+from llmctl.pretrain.experts import RouterStats, starved_warning
+from llmctl.pretrain.model import GPTConfig, architecture, build_model, count_parameters
 from llmctl.pretrain.prepare import prepare_data
+from llmctl.pretrain.resolve import fill_in
 from llmctl.pretrain.shards import Manifest, load_tokens
 from llmctl.registry import default_name
 from llmctl.training.config import TrainConfig
@@ -37,6 +39,7 @@ class PretrainTask(TrainTask):
         self.train_tokens = load_tokens(data_dir, "train", manifest)
         self.val_tokens = load_tokens(data_dir, "val", manifest)
         self.manifest, self.tokenizer, self.context, self.cfg = manifest, tokenizer, context, train
+        self.router_stats = None  # RouterStats when the model is a mixture of experts
         for split, tokens in (("training", self.train_tokens), ("validation", self.val_tokens)):
             if len(tokens) <= context + 1:
                 raise UsageError(f"the context ({context} tokens) is longer than the {split} data ({len(tokens)} tokens)",
@@ -62,6 +65,9 @@ class PretrainTask(TrainTask):
                                 generator=generator)
         for start in range(rank * bs, len(offsets), bs * world):  # each process takes every world-th slice
             yield self._windows(self.val_tokens, offsets[start:start + bs])
+
+    def train_metrics(self) -> dict[str, float]:
+        return self.router_stats.metrics() if self.router_stats else {}
 
     def eval_extras(self, val_loss: float) -> dict[str, float]:
         # Bits per character compares runs with different tokenizers: nats/token -> bits/char.
@@ -90,16 +96,18 @@ def pretrain(cfg: PretrainConfig, note: Callable[[str], None] = lambda s: None,
 
     quiet_transformers()
     check_run_start(cfg.name, cfg.resume, cfg.out)
+    state = PartialState(cpu=cpu_only())
+    fill_in(cfg, note if state.is_main_process else (lambda s: None), lambda measure: _from_main(state, measure))
     cfg.train.check()
     cfg.out.mkdir(parents=True, exist_ok=True)
-    state = PartialState(cpu=cpu_only())
     spec = CorpusSpec(cfg.data, cfg.glob, cfg.text_field, cfg.min_chars)
     if not 0 < cfg.val_fraction < 1:
         raise UsageError(f"--val-fraction must be between 0 and 1, got {cfg.val_fraction}")
     with state.main_process_first():  # rank 0 tokenizes; the others then find the shards and reuse them
         tokenizer, manifest, reused = prepare_data(spec, cfg.tokenizer, cfg.vocab_size, cfg.out / "data",
                                                    cfg.train.seed, cfg.val_fraction, note if state.is_main_process else (lambda s: None),
-                                                   on_data_progress if state.is_main_process else None)
+                                                   on_data_progress if state.is_main_process else None,
+                                                   sample_bytes=cfg.tokenizer_sample)
     data_summary = {"train_tokens": manifest.train_tokens, "val_tokens": manifest.val_tokens,
                     "vocab_size": manifest.vocab_size, "reused": reused, "corpus": manifest.corpus,
                     "data_dir": str(cfg.out / "data")}
@@ -108,6 +116,9 @@ def pretrain(cfg: PretrainConfig, note: Callable[[str], None] = lambda s: None,
     task = PretrainTask(cfg.out / "data", manifest, tokenizer, cfg.model.context, cfg.train)
     model = build_model(cfg.model, manifest.vocab_size, manifest.eot_id, cfg.train.seed)
     parameters = count_parameters(model)
+    if cfg.model.experts:
+        task.router_stats = RouterStats(model, cfg.model.experts, cfg.model.experts_per_token)
+        on_progress = _watching_experts(on_progress, note if state.is_main_process else (lambda s: None))
     tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * state.num_processes * cfg.model.context
     trainer = Trainer(model, task, cfg.train, cfg.out, resume=cfg.resume, tokens_per_step=tokens_per_step,
                       on_progress=on_progress, note=note, run_config=cfg.to_dict())
@@ -140,6 +151,26 @@ def pretrain(cfg: PretrainConfig, note: Callable[[str], None] = lambda s: None,
     return summary
 
 
+def _watching_experts(on_progress, note: Callable[[str], None]) -> Callable[[dict], None]:
+    def show(row: dict) -> None:
+        warning = starved_warning(row)
+        if warning:
+            note(warning)
+        if on_progress:
+            on_progress(row)
+    return show
+
+
+def _from_main(state, measure: Callable[[], float]) -> float:
+    """The main process measures; every other one gets its figure, so all choose the same settings."""
+    value = [measure() if state.is_main_process else None]
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(value, from_process=0)
+    return value[0]
+
+
 def _save_model(model, tokenizer, cfg: PretrainConfig, summary: dict, data_summary: dict) -> None:
     """Write the HF model files beside data/ and checkpoints/, each by rename; the record last."""
     save_pretrained_into(cfg.out, model, tokenizer)
@@ -156,12 +187,11 @@ def _register(cfg: PretrainConfig, summary: dict, manifest: Manifest, parameters
     entry = ModelEntry(
         name=name, provider="hf", source=str(cfg.out.resolve()), chat_template="none",
         context_length=cfg.model.context,
-        description=f"GPT pretrained by llmctl ({cfg.preset} preset, {parameters:,} parameters)",
+        description=f"GPT pretrained by llmctl ({cfg.preset or 'budget-sized'} preset, {parameters:,} parameters)",
         lineage={"level": "pretrain", "run": str(cfg.out.resolve()), "base": None, "data": cfg.data,
                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         info={"parameters": parameters, "tokenizer": {"kind": manifest.tokenizer, "vocab_size": manifest.vocab_size},
-              "architecture": "llama" if cfg.model.rope and not cfg.model.experts else
-                              ("mixtral" if cfg.model.experts else "gpt2"),
+              "architecture": architecture(cfg.model),
               "model": cfg.model.to_dict(), "training": training},
     )
     Registry().add(entry, replace=True)

@@ -1,0 +1,85 @@
+"""The settings `llmctl pretrain` chooses from the budget, corpus and machine (pretrain/auto.py): each rule
+on plain numbers, the flags that win over it, the table and the record of a real run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmctl.errors import UsageError
+from llmctl.pretrain.auto import Budget, choose, flops_per_token, hidden_params, render
+
+SHAKESPEARE_BYTES = 1_115_394
+RECIPE_RATE = 9.1e3 * flops_per_token(4, 128, 128, 2048)  # the machine where the 4x128 recipe ran 400 steps in 90 s
+
+
+def test_the_recipe_is_what_a_quiet_two_core_machine_gets_in_90_seconds():
+    c = choose(Budget(seconds=90), SHAKESPEARE_BYTES, RECIPE_RATE, {}).values
+    assert (c["tokenizer"], c["vocab_size"], c["layers"], c["width"], c["heads"], c["context"]) == \
+        ("bpe", 2048, 4, 128, 4, 128)
+    assert c["batch_size"] * c["context"] == 2048 and c["optimizer"] == "muon"
+    assert c["lr"] == pytest.approx(3e-3) and c["min_lr"] == pytest.approx(3e-4)
+
+
+def test_a_slower_machine_or_shorter_budget_gets_a_smaller_model():
+    slow = choose(Budget(seconds=90), SHAKESPEARE_BYTES, RECIPE_RATE / 8, {}).values
+    assert (slow["layers"], slow["width"]) == (2, 64)
+    fast = choose(Budget(seconds=3600), SHAKESPEARE_BYTES, RECIPE_RATE * 10, {}).values
+    assert fast["width"] > 128 and fast["lr"] < 3e-3 and fast["batch_size"] * fast["context"] > 2048
+    # Every shape is the largest the budget feeds about one token per hidden parameter.
+    tokens = RECIPE_RATE * 10 * 3600 / flops_per_token(fast["layers"], fast["width"], fast["context"], 2048)
+    assert tokens >= hidden_params(fast["layers"], fast["width"])
+
+
+def test_token_and_step_budgets_need_no_measurement():
+    by_tokens = choose(Budget(tokens=800_000), SHAKESPEARE_BYTES, None, {}).values
+    assert (by_tokens["layers"], by_tokens["width"]) == (4, 128)
+    by_steps = choose(Budget(steps=400), SHAKESPEARE_BYTES, None, {}).values
+    assert by_steps["batch_size"] * by_steps["context"] == 2048 and by_steps["warmup_steps"] == 26
+    assert by_steps["eval_every"] == 133 and by_steps["save_every"] == 133
+
+
+def test_the_corpus_size_picks_the_tokenizer():
+    assert choose(Budget(steps=10), 50_000, None, {}).values["tokenizer"] == "char"
+    assert choose(Budget(steps=10), 31_525_224, None, {}).values["vocab_size"] == 8192  # python-stdlib
+    assert choose(Budget(steps=10), 300_000, None, {}).values["vocab_size"] == 1024
+
+
+def test_given_settings_win_and_are_not_chosen():
+    given = {"tokenizer": "char", "width": 96, "lr": 1e-3, "optimizer": "adamw", "batch_size": 3}
+    c = choose(Budget(seconds=90), SHAKESPEARE_BYTES, RECIPE_RATE, given)
+    assert not set(given) & set(c.values)
+    assert c.values["heads"] == 3 and "muon_lr" not in c.values and c.values["min_lr"] == pytest.approx(1e-4)
+    table = render(c, RECIPE_RATE)
+    assert "GFLOP/s" in table and "any flag you give wins" in table
+    assert all(name.replace("_", "-") in table for name in c.values)
+
+
+def test_a_budget_too_small_for_one_step_is_a_usage_error():
+    with pytest.raises(UsageError, match="shorter than one training step"):
+        choose(Budget(seconds=0.001), SHAKESPEARE_BYTES, RECIPE_RATE, {})
+    with pytest.raises(UsageError, match="less than one sequence"):
+        choose(Budget(tokens=10), SHAKESPEARE_BYTES, None, {})
+
+
+def test_a_run_records_what_it_chose(cli, tmp_path):
+    data = tmp_path / "a.txt"
+    data.write_text("".join(f"KING: my lord, the {i}th messenger is come.\nQUEEN: and then?\n" for i in range(400)))
+    out = tmp_path / "run"
+    r = cli("pretrain", "--data", str(data), "--out", str(out), "--max-tokens", "600", "--width", "32",
+            "--layers", "1", "--context", "16", "--eval-batches", "1", "--no-register", "--json")
+    assert r.code == 0, r.err
+    assert "settings chosen from the budget" in r.err and "tokenizer     char" in r.err
+    record = json.loads((out / "llmctl-train.json").read_text())["config"]
+    assert record["tokenizer"] == "char" and record["model"]["width"] == 32 and record["model"]["heads"] == 1
+    assert set(record["chosen"]) >= {"tokenizer", "heads", "batch_size", "lr", "optimizer"}
+    assert "width" not in record["chosen"] and record["train"]["optimizer"] == "muon"
+    assert r.json()["tokens"] >= 600
+
+
+def test_cli_budget_too_small(cli, tmp_path):
+    data = tmp_path / "a.txt"
+    data.write_text("x y z\n" * 5000)
+    r = cli("pretrain", "--data", str(data), "--out", str(tmp_path / "o"), "--max-tokens", "3")
+    assert r.code == 2 and "less than one sequence" in r.err
