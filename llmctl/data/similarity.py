@@ -99,7 +99,7 @@ class NearDuplicateIndex:
     def __init__(self, threshold: float = 0.0, frequency: "dict[str, int] | WordCounts | None" = None, keep_texts: bool = True):
         self.threshold, self.frequency, self.keep_texts = threshold, frequency or {}, keep_texts
         self.texts: list[str] = []
-        self._tokens: list[tuple[str, ...]] = []
+        self._tokens: list[str] = []  # each text's words joined by spaces: one object per text, not one per word
         self._postings: dict[tuple[str, int], list[int]] = defaultdict(list)  # (word, nth time in a text) -> texts
         self.work = 0  # postings read: what the tests count instead of wall time
         self.cut_short = 0  # searches that stopped at their budget
@@ -125,7 +125,7 @@ class NearDuplicateIndex:
         index = len(self._tokens)
         if self.keep_texts:
             self.texts.append(text)
-        self._tokens.append(tuple(tokens))
+        self._tokens.append(" ".join(tokens))
         for element in self._prefix(tokens, self.threshold):
             self._postings[element].append(index)
         return index
@@ -152,7 +152,7 @@ class NearDuplicateIndex:
                 if index in seen:
                     continue
                 seen.add(index)
-                other = self._tokens[index]
+                other = self._tokens[index].split()
                 if 2 * min(len(other), len(tokens)) / (len(other) + len(tokens)) <= best:
                     continue
                 score = _f_measure(_lcs_with_masks(masks, len(tokens), other), len(tokens), len(other))
