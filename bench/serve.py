@@ -162,6 +162,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--max-batches", default="1,16", help="Server --max-batch values to run, comma-separated.")
     parser.add_argument("--adapters", type=int, default=0, help="Only measure the memory of N adapters on one base.")
     args = parser.parse_args()
     if args.adapters:
@@ -173,7 +174,7 @@ def main() -> None:
     in_process(backend, 1, args.max_tokens)  # warm-up, so neither side pays for first-call costs
     before = in_process(backend, args.requests, args.max_tokens)
     runs = {}
-    for max_batch in (1, 16):
+    for max_batch in map(int, args.max_batches.split(",")):
         with served(args.model, max_batch) as url:
             over_http(url, 1, 1, args.max_tokens)  # warm-up
             for clients in (1, 4, 16):

@@ -70,6 +70,8 @@ def raw(srv, data: bytes, wait: float = 5.0) -> tuple[int, dict | None, bytes]:
         try:
             while chunk := s.recv(65536):
                 reply += chunk
+                if _complete(reply):  # a keep-alive answer: no need to wait for the server to close
+                    break
         except (socket.timeout, ConnectionResetError):
             pass
     head, _, body = reply.partition(b"\r\n\r\n")
@@ -79,6 +81,15 @@ def raw(srv, data: bytes, wait: float = 5.0) -> tuple[int, dict | None, bytes]:
     except ValueError:
         doc = None
     return status, doc, reply
+
+
+def _complete(reply: bytes) -> bool:
+    head, sep, body = reply.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if sep and name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
 
 
 def test_idle_connections_do_not_block_a_request(server):
