@@ -17,6 +17,14 @@ from torch.utils.checkpoint import checkpoint
 CHUNK = 1024  # positions per chunk: ~4 MB of float32 logits per 1k-token vocabulary
 
 
+def output_layer(model) -> torch.nn.Module:
+    """The model's output layer, through the wrappers that hide it (DDP's .module, torch.compile's
+    ._orig_mod); peft forwards the call to its base model."""
+    while not hasattr(model, "get_output_embeddings"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model.get_output_embeddings()
+
+
 @contextmanager
 def _head_forward(head: torch.nn.Module, replacement: Callable) -> Iterator[None]:
     had_own = "forward" in head.__dict__
@@ -35,7 +43,7 @@ def hidden_and_head(model, run: Callable[[], object]) -> tuple[torch.Tensor, Cal
     """Run `run()` (the model's forward) with the output layer returning its input instead of logits:
     (final hidden states, the real output layer, the model's output). Only for no-grad use (a
     teacher), since the head's weights may be resharded once the forward is over."""
-    head = model.get_output_embeddings()
+    head = output_layer(model)
     real = head.forward
     with _head_forward(head, lambda hidden: hidden):
         out = run()
@@ -47,7 +55,7 @@ def chunked_terms(model, run: Callable[[], object], terms: Callable[[torch.Tenso
     """Run the model's forward; instead of its (batch, length, vocab) logits, apply `terms(logits,
     positions)` to the float32 logits of each chunk of flattened positions and concatenate the
     results: (per-position terms of the whole batch, the model's output)."""
-    head = model.get_output_embeddings()
+    head = output_layer(model)
     real = head.forward
     chunk = chunk or CHUNK
     found: dict[str, torch.Tensor] = {}
