@@ -1,10 +1,12 @@
-"""LoRA fine-tuning speed and memory: `llmctl finetune` against transformers.Trainer + peft.
+"""LoRA fine-tuning speed and memory: `llmctl finetune` against transformers.Trainer + peft, padding-free.
 
 Same model (SmolLM2-135M-Instruct, the embedded default), same data (../shared/data/alpaca_seed_tasks.jsonl,
 tokenized and masked identically), same rank, targets, sequence length, batch and steps: llmctl's own
 defaults (FinetuneConfig), which the Trainer side copies. Each side runs
 in its own process so peak memory (max RSS) is its own. Printed as ratios; goal: >= 1.3x the tokens/s
-at no more memory. llmctl packs examples without padding; Trainer pads each batch to its longest.
+at no more than half the memory. The baseline is Trainer with padding-free batches
+(DataCollatorWithFlattening: one flattened row, positions restarting per example, as llmctl packs);
+the old padded baseline (DataCollatorForSeq2Seq, each batch padded to its longest) is a second row.
 
     python bench/finetune.py [--steps 20] [--batch 8]
 """
@@ -61,12 +63,12 @@ def worker_llmctl(steps: int, batch: int) -> dict:
     return {"seconds": summary["seconds"], "tokens": seen["tokens"]}
 
 
-def worker_trainer(steps: int, batch: int) -> dict:
+def worker_trainer(steps: int, batch: int, padded: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq,
+                              DataCollatorWithFlattening, Trainer, TrainerCallback, TrainingArguments)
 
     from llmctl.embedded import locate_weights
 
@@ -83,7 +85,11 @@ def worker_trainer(steps: int, batch: int) -> dict:
     class Count(TrainerCallback):
         pass
 
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    if padded:
+        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    else:  # padding-free: its own shift of labels per example, so give it the unshifted rows
+        rows = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
+        collator = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
 
     def counting_collator(features):
         batch_out = collator(features)
@@ -103,6 +109,7 @@ def worker_trainer(steps: int, batch: int) -> dict:
 
 
 def run_worker(kind: str, steps: int, batch: int) -> dict:
+    """One side in its own process, so its peak memory is its own."""
     done = subprocess.run([sys.executable, __file__, "--worker", kind, "--steps", str(steps), "--batch", str(batch)],
                           capture_output=True, text=True, cwd=ROOT, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     if done.returncode:
@@ -112,24 +119,33 @@ def run_worker(kind: str, steps: int, batch: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", choices=("llmctl", "trainer"))
+    parser.add_argument("--worker", choices=("llmctl", "trainer", "trainer-padded"))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=DEFAULTS.train.batch_size)
     args = parser.parse_args()
     if args.worker:
-        result = (worker_llmctl if args.worker == "llmctl" else worker_trainer)(args.steps, args.batch)
+        if args.worker == "llmctl":
+            result = worker_llmctl(args.steps, args.batch)
+        else:
+            result = worker_trainer(args.steps, args.batch, padded=args.worker == "trainer-padded")
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
     if not SEEDS.is_file():
         raise SystemExit(f"no data at {SEEDS}")
-    trainer, ours = run_worker("trainer", args.steps, args.batch), run_worker("llmctl", args.steps, args.batch)
-    report = {"trainer": trainer, "llmctl": ours,
-              "tokens_per_s_ratio": round((ours["tokens"] / ours["seconds"]) / (trainer["tokens"] / trainer["seconds"]), 3),
-              "peak_memory_ratio": round(ours["peak_rss_mb"] / trainer["peak_rss_mb"], 3)}
+    runs = {kind: run_worker(kind, args.steps, args.batch) for kind in ("trainer", "trainer-padded", "llmctl")}
+    ours = runs["llmctl"]
+    report = {**runs}
+    for kind in ("trainer", "trainer-padded"):
+        theirs = runs[kind]
+        report[f"vs_{kind}"] = {
+            "tokens_per_s_ratio": round((ours["tokens"] / ours["seconds"]) / (theirs["tokens"] / theirs["seconds"]), 3),
+            "peak_memory_ratio": round(ours["peak_rss_mb"] / theirs["peak_rss_mb"], 3)}
     print(json.dumps(report, indent=2))
-    print(f"llmctl finetune: {report['tokens_per_s_ratio']}x the tokens/s of Trainer+peft at "
-          f"{report['peak_memory_ratio']}x its peak memory", file=sys.stderr)
+    for kind, label in (("trainer", "padding-free"), ("trainer-padded", "padded")):
+        r = report[f"vs_{kind}"]
+        print(f"llmctl finetune: {r['tokens_per_s_ratio']}x the tokens/s of Trainer+peft ({label}) at "
+              f"{r['peak_memory_ratio']}x its peak memory", file=sys.stderr)
 
 
 if __name__ == "__main__":
