@@ -78,4 +78,11 @@ step "12. Sample from it: a base model, so a raw completion" 'prompt -m pystd-gp
 llmctl prompt -m pystd-gpt -t 0.8 --seed 0 --max-tokens 80 "def "
 llmctl models show pystd-gpt
 
+step "13. Take the pirate adapter out of llmctl: one q8_0 GGUF file for llama.cpp, ollama and LM Studio, checked by a round trip" \
+     'export pirate --to gguf --quant q8_0 --out runs/pirate-q8_0.gguf --name pirate-gguf --ollama pirate'
+llmctl export pirate --to gguf --quant q8_0 --out runs/pirate-q8_0.gguf --name pirate-gguf --ollama pirate --force
+
+step "14. The GGUF file is a registry model like any other" 'prompt -m pirate-gguf -t 0 "What do bees make?"'
+llmctl prompt -m pirate-gguf -t 0 --max-tokens 30 "What do bees make?"
+
 printf '\nNext: llmctl chat · llmctl models list · llmctl config show · llmctl --help\n'

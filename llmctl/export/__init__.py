@@ -1,0 +1,1 @@
+"""`llmctl export`: models out of llmctl as one GGUF file (llama.cpp, ollama, LM Studio), checked by a round trip."""
