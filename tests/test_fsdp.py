@@ -168,3 +168,39 @@ def test_fsdp_on_one_process_says_how_to_launch(corpus, tmp_path):
     assert r.returncode == 2
     assert "--fsdp shards the model over several processes, and this is one" in r.stderr
     assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+# -- bad input: one line, exit 2, nothing written ---------------------------------------------------
+def _finetune_args(model, tmp_path, *extra):
+    data = tmp_path / "examples.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES[:10]))
+    return ("finetune", "--data", str(data), "-m", str(model), "--max-steps", "1", "--out", str(tmp_path / "run"),
+            *extra)
+
+
+@pytest.mark.parametrize("extra, setup, message", [
+    (["--batch-size", "4", "--grad-accum", "4"], None, "one step takes 16 examples"),
+    (["--fsdp-layers", "X"], lambda mp: mp.setenv("ACCELERATE_USE_DEEPSPEED", "true"),
+     "DeepSpeed (from the accelerate config) is not supported"),
+])
+def test_bad_training_input_is_one_line_and_writes_nothing(cli, tiny_chat_model, tmp_path, monkeypatch, extra, setup,
+                                                           message):
+    if setup:
+        setup(monkeypatch)
+    r = cli(*_finetune_args(tiny_chat_model, tmp_path, *extra))
+    assert r.code == 2, r.err
+    errors = [line for line in r.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "adapter_model.safetensors").exists()
+
+
+def test_compile_without_a_compiler_is_one_line(cli, corpus, tmp_path, monkeypatch):
+    import shutil
+
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name in ("g++", "c++", "clang++") else real(name, *a, **k))
+    out = tmp_path / "c"
+    r = cli(*PRETRAIN, "--data", str(corpus), "--max-steps", "1", "--compile", "--out", str(out))
+    assert r.code == 2, r.err
+    assert "--compile needs a C++ compiler on CPUs" in r.err
+    assert not (out / "checkpoints").exists()

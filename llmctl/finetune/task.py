@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from llmctl.errors import UsageError
 from llmctl.finetune.tokenize import IGNORE, Tokenized, pack
 from llmctl.training.config import TrainConfig
 from llmctl.training.task import TrainTask
@@ -23,6 +24,13 @@ class FinetuneTask(TrainTask):
         epoch, index = divmod(position, len(self.train))
         order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
         return self.train[int(order[index])]
+
+    def check(self, world: int) -> None:
+        per_step = self.cfg.batch_size * self.cfg.grad_accum * world
+        if per_step > len(self.train):
+            raise UsageError(f"one step takes {per_step} examples (--batch-size {self.cfg.batch_size} x --grad-accum "
+                             f"{self.cfg.grad_accum} x {world} process(es)) but the training split has "
+                             f"{len(self.train)}", hint="lower --grad-accum or --batch-size, or add data")
 
     # Divide the loss by the step's learned tokens (see training.task.lm_loss); DPO's loss is per pair.
     weigh_tokens = True

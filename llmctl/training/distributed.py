@@ -28,12 +28,13 @@ def fsdp_requested(flag: bool) -> bool:
     return flag or _env_flag("ACCELERATE_USE_FSDP")
 
 
-def refuse_deepspeed(accelerator) -> None:
+def refuse_deepspeed(accelerator=None) -> None:
     """DeepSpeed steps, shards and saves behind the loop's back; until its checkpoints and final-model
     gathering are tested, a DeepSpeed run stops here rather than train or save something wrong."""
     from accelerate.utils import DistributedType
 
-    if _env_flag("ACCELERATE_USE_DEEPSPEED") or accelerator.distributed_type == DistributedType.DEEPSPEED:
+    if _env_flag("ACCELERATE_USE_DEEPSPEED") or (accelerator is not None and
+                                                 accelerator.distributed_type == DistributedType.DEEPSPEED):
         raise UsageError("DeepSpeed (from the accelerate config) is not supported by llmctl's training loop",
                          hint="use FSDP instead: --fsdp, or `distributed_type: FSDP` in the accelerate config "
                               "(fully sharded like ZeRO-3)")

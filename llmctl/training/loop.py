@@ -91,11 +91,13 @@ class Trainer:
         if torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: free speed, fine for training
             torch.backends.cudnn.allow_tf32 = True
+        refuse_deepspeed()  # before accelerate, which would only say DeepSpeed is not installed
         # Accumulation through accelerate: DDP, FSDP and DeepSpeed each step once per grad_accum micro-batches.
         self.accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision), cpu=cpu_only(),
                                        gradient_accumulation_steps=self.cfg.grad_accum)
         refuse_deepspeed(self.accelerator)
         self.fsdp = fsdp_requested(self.cfg.fsdp)
+        self.task.check(self.accelerator.num_processes)
         self.device = self.accelerator.device
         if self.cfg.compile:
             check_compiler(self.device)

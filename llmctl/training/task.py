@@ -45,6 +45,9 @@ class TrainTask:
     # The validation loss is next-token cross-entropy, so its perplexity means something.
     reports_perplexity: bool = True
 
+    def check(self, world: int) -> None:
+        """Refuse, before anything is written, a step this data cannot fill on `world` processes."""
+
     def train_batch(self, step: int, micro: int, rank: int, world: int) -> dict[str, torch.Tensor]:
         """Micro-batch `micro` of step `step` for this process: input_ids, labels (-100 = no loss)."""
         raise NotImplementedError
