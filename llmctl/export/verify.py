@@ -166,13 +166,13 @@ def _logits(model, ids: list[int]):
 
 def _continuation(source, back, ids: list[int]) -> tuple[float, bool]:
     """(largest logit difference over the prompt and the source's greedy continuation, whether the export
-    continues greedily the same way). The export is read once over prompt + continuation: its argmax at
-    every step equal to the source's next token is exactly "the same greedy continuation"."""
-    chosen = _greedy(source, ids)
-    full = ids + chosen
+    continues greedily the same way). Both are read once over prompt + continuation: the export's argmax at
+    every step equal to the source's is exactly "the same greedy continuation", computed alike on both sides."""
+    full = ids + _greedy(source, ids)
     source_logits, back_logits = _logits(source, full), _logits(back, full)
-    steps = back_logits[len(ids) - 1: len(full) - 1].argmax(-1).tolist()
-    return float((source_logits - back_logits).abs().max()), steps == chosen
+    steps = slice(len(ids) - 1, len(full) - 1)
+    same = source_logits[steps].argmax(-1).tolist() == back_logits[steps].argmax(-1).tolist()
+    return float((source_logits - back_logits).abs().max()), same
 
 
 def _greedy(model, ids: list[int]) -> list[int]:
