@@ -18,7 +18,7 @@ from llmctl.errors import UsageError
 
 BUILTIN_CORPORA = ("python-stdlib",)
 STREAM_BYTES = 16 << 20  # text files larger than this are read in chunks, never whole
-STREAM_CHARS = 4 << 20
+STREAM_CHARS = 1 << 16  # small reads: big strings freed and re-made fragment the heap until it grows with the file
 TABLE_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
