@@ -204,3 +204,23 @@ def test_compile_without_a_compiler_is_one_line(cli, corpus, tmp_path, monkeypat
     assert r.code == 2, r.err
     assert "--compile needs a C++ compiler on CPUs" in r.err
     assert not (out / "checkpoints").exists()
+
+
+def test_an_accelerate_fsdp_config_turns_sharding_on_by_itself(chat_model, tmp_path):
+    (tmp_path / "fsdp.yaml").write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nfsdp_config:\n  fsdp_version: 2\n"
+        "  fsdp_transformer_layer_cls_to_wrap: LlamaDecoderLayer\nmixed_precision: 'no'\nnum_machines: 1\n"
+        "num_processes: 2\nuse_cpu: true\nmachine_rank: 0\nrdzv_backend: static\nsame_network: true\n")
+    data = tmp_path / "examples.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
+    common = ["finetune", "--data", "examples.jsonl", "-m", str(chat_model), "--rank", "4", "--lr", "1e-2",
+              "--dropout", "0", "--max-steps", "2", "--save-every", "2", "--eval-every", "100", "--no-register"]
+    single = one_process([*common, "--batch-size", "4", "--out", "one"], tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    launched = subprocess.run([accelerate, "launch", "--config_file", "fsdp.yaml", "-m", "llmctl", *common,
+                               "--batch-size", "2", "--out", "two"], env=env(tmp_path), capture_output=True, text=True,
+                              timeout=LIMIT, cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert (tmp_path / "two" / "checkpoints" / "step-0000002" / "sharded").is_dir()  # no --fsdp given
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=2e-4)
