@@ -186,3 +186,13 @@ def test_judge_and_compare_gates(cli, tmp_path, fake_openai):
     r = cli(*compare, "--judge", "judge", "--fail-under", "win_rate:good=0", "--fail-over", "win_rate=0.5", "--json")
     assert r.code == 0, r.err
     assert r.json()["metrics"] == {"win_rate:good": 0.0, "win_rate:judge": 0.0, "win_rate": 0.0}
+
+
+def test_runs_started_in_the_same_second_list_newest_first():
+    from llmctl.evaluate.runs import RunWriter, list_runs
+
+    writers = [RunWriter("exact") for _ in range(3)]
+    for writer in writers:  # the same "created" second for all three, as when runs follow each other fast
+        writer.write_summary({"kind": "exact", "status": "complete", "created": "2026-12-03T09:00:00+00:00"})
+    assert [r["id"] for r in list_runs()] == [w.id for w in reversed(writers)]
+    assert all(oct(w.directory.stat().st_mode & 0o777) == "0o700" for w in writers)

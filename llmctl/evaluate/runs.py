@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import secrets
 import statistics
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from llmctl.errors import LlmctlError, UsageError
-from llmctl.fsutil import atomic_write_json, atomic_write_text
+from llmctl.fsutil import atomic_write_json, atomic_write_text, private_dir, private_file
 from llmctl.jsonl import append_jsonl, jsonl_line
 from llmctl.paths import eval_runs_dir
 
@@ -54,20 +55,21 @@ class RunWriter:
 
     def __init__(self, kind: str, save: Path | None = None):
         self.id = new_run_id(kind)
+        self.started_ns = time.time_ns()  # orders runs started within the same second ("created" has seconds)
         self.directory = Path(save) if save else evals_dir() / self.id
         if (self.directory / RESULTS).exists():
             raise UsageError(f"--save {self.directory} already holds an eval run", hint="choose another directory")
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            private_dir(self.directory)  # prompts and answers: owner-only, like the log
+            private_file(self.directory / RESULTS)
         except OSError as e:
             raise UsageError(f"cannot create the run directory {self.directory}: {e}") from None
-        (self.directory / RESULTS).touch()
 
     def append(self, row: dict[str, Any]) -> None:
         append_jsonl(self.directory / RESULTS, row)  # a crash can at worst lose the line being written
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_json(self.directory / SUMMARY, {"id": self.id, **summary})
+        atomic_write_json(self.directory / SUMMARY, {"id": self.id, "started_ns": self.started_ns, **summary})
 
 
 def run_settings(settings: Any, answering: Any) -> dict[str, Any]:
@@ -188,8 +190,9 @@ def list_runs() -> list[dict[str, Any]]:
             summary = {"status": "incomplete"}
         runs.append({"id": directory.name, "kind": summary.get("kind", "?"), "models": summary.get("models", []),
                      "judge": summary.get("judge"), "status": summary.get("status", "?"),
-                     "created": summary.get("created"), "path": str(directory)})
-    return sorted(runs, key=lambda r: r["created"] or "", reverse=True)
+                     "created": summary.get("created"), "started_ns": summary.get("started_ns", 0),
+                     "path": str(directory)})
+    return sorted(runs, key=lambda r: (r["created"] or "", r["started_ns"]), reverse=True)
 
 
 def summarize_scores(rows: list[dict], names: list[str], field_name: str = "scores") -> dict[str, dict]:
