@@ -13,8 +13,8 @@ from llmctl.pretrain.shards import Manifest, _empty_message, pieces, read_manife
 from llmctl.pretrain.tokenizer import build_tokenizer
 
 TOKENIZER_DIR = "tokenizer"
-# 4 MB: on python-stdlib (31 MB) a 4 MB sample's BPE-4096 compresses the held-out text within ~1% of the
-# full-corpus tokenizer's while training ~8x faster (tests/test_pretrain_stream.py, README notes).
+# 4 MB: the most frequent merges are settled by a few megabytes of text, and BPE training time grows with
+# what it reads; on python-stdlib (31 MB) a 4 MB sample trains in 5-7 s on 2 busy cores (bench/RESULTS.md).
 DEFAULT_SAMPLE_BYTES = 4_000_000
 
 
