@@ -105,17 +105,26 @@ def write_gguf(path: Path, arch: str, quant: str, sources: list[TensorSource], m
         writer.write_ti_data_to_file()
         f = writer.fout[0]
         for source, qtype in zip(sources, types):
-            data = np.ascontiguousarray(encode(source.read(), qtype))
-            if data.nbytes != encoded_bytes(source.shape, qtype):
-                raise AssertionError(f"{source.name}: made {data.shape} {data.dtype}, planned {source.shape} {qtype.name}")
-            # What GGUFWriter.write_tensor_data does, but through file.write: ndarray.tofile reports a full
-            # disk as a short write with no errno, file.write as ENOSPC/EFBIG.
+            # What GGUFWriter.write_tensor_data does, but through file.write (ndarray.tofile reports a full
+            # disk as a short write with no errno, file.write as ENOSPC/EFBIG) and in slices of rows.
             writer.write_padding(f, f.tell())
-            f.write(memoryview(data).cast("B"))
-            writer.write_padding(f, data.nbytes)
+            written = sum(f.write(memoryview(np.ascontiguousarray(encode(rows, qtype))).cast("B"))
+                          for rows in _row_slices(source.read()))
+            if written != encoded_bytes(source.shape, qtype):
+                raise AssertionError(f"{source.name}: wrote {written} bytes for {source.shape} as {qtype.name}")
+            writer.write_padding(f, written)
             counts[qtype.name] = counts.get(qtype.name, 0) + 1
         f.flush()
         os.fsync(f.fileno())  # on disk before the rename makes it the target
     finally:
         writer.close()
     return counts
+
+
+def _row_slices(array: np.ndarray, elements: int = 1 << 22):
+    """The tensor as consecutive slices of whole rows (about 16 MB of float32 each): quantizing makes
+    several temporaries the size of its input, so a whole embedding at once would cost more than the model."""
+    rows = array.reshape(-1, array.shape[-1])
+    step = max(1, elements // rows.shape[1])
+    for start in range(0, rows.shape[0], step):
+        yield rows[start:start + step]
