@@ -90,6 +90,9 @@ def test_each_architecture_round_trips(models, out, kind, quant):
         assert rt["greedy_equal"]
     assert result.name == kind and Path(result.path) == out / f"{kind}.gguf"
     assert files_in(out) == [f"{kind}.gguf"]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert Path(result.path).stat().st_mode & 0o777 == 0o666 & ~umask  # readable by ollama's own user
 
 
 def test_llama_layout_is_llama_cpps(models, tmp_path):

@@ -145,6 +145,11 @@ def _claim_temporary(out: Path) -> Path:
         raise UsageError(f"cannot write in {out.parent}: {e.strerror or e}",
                          hint="choose a writable folder for --out") from None
     os.close(fd)
+    # mkstemp makes it private (0600); a model file is for other programs too (ollama's server runs as
+    # its own user), so it gets the permissions any new file would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     return Path(tmp)
 
 
