@@ -45,7 +45,9 @@ def test_kl_is_zero_when_the_teacher_is_the_student(cli, tmp_path, tiny_chat_mod
 
 
 def test_distillation_moves_the_student_toward_the_teacher(cli, tmp_path, tiny_chat_model):
-    data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
+    # A relative path (the test runs in its own folder): the held-out rows are chosen by file:line, so an
+    # absolute temporary path would hold out different rows each run, and the figures below would vary.
+    data = write_jsonl(Path("d.jsonl"), PAIRS)
     # the teacher: the same tiny model after supervised fine-tuning (a registered adapter)
     teacher = cli("finetune", "--data", str(data), "-m", str(tiny_chat_model), "--out", str(tmp_path / "teacher"),
                   "--max-steps", "15", "--batch-size", "4", "--lr", "3e-2", "--warmup-steps", "2", "--rank", "4")
