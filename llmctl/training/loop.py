@@ -58,15 +58,6 @@ def check_compiler(device: torch.device) -> None:
                          hint="install one (apt-get install g++), or drop --compile")
 
 
-def param_groups(model, weight_decay: float) -> list[dict]:
-    """Decay matrices; never decay biases, norms or (as nanoGPT) anything one-dimensional."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 class Trainer:
     def __init__(self, model, task: TrainTask, config: TrainConfig, run_dir: Path, *, resume: str | None = None,
                  tokens_per_step: int, on_progress: Callable[[dict], None] | None = None,
