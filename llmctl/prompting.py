@@ -98,7 +98,8 @@ def log_exchange(store, conversation: Conversation, backend: Backend, entry: Mod
     return store.log(
         conversation_id=conversation.id, model=entry.name, provider=entry.provider,
         system=conversation.system, prompt=text,
-        messages=[dataclasses.asdict(m) for m in response.request.messages],
+        messages=[{k: v for k, v in dataclasses.asdict(m).items() if v not in (None, [])}  # no empty tool fields
+                  for m in response.request.messages],
         rendered_prompt=rendered_text, response=response.text(), params=response.request.params.to_dict(),
         finish_reason=response.finish_reason, usage=response.usage, timings=response.timings,
     )

@@ -24,6 +24,7 @@ COMMANDS = {
     "finetune": LazyCommand("llmctl.cli.finetune_cmd:app", "LoRA fine-tuning of a local model (supervised, --method dpo, --method distill); `finetune merge` folds an adapter in."),
     "data": LazyCommand("llmctl.cli.data_cmd:app", "Make and check training data: generate, distill, prefs, inspect.",
                         subcommands=(("prefs", "llmctl.cli.prefs_cmd:prefs"),)),
+    "embed": LazyCommand("llmctl.cli.embed_cmd:embed", "Embed texts with a local model: mean of the last hidden states, L2-normalised."),
     "export": LazyCommand("llmctl.cli.export_cmd:export", "Export a model to one GGUF file for llama.cpp, ollama and LM Studio, checked by a round trip."),
     "tokenize": LazyCommand("llmctl.cli.tokenize_cmd:tokenize", "Show how a model splits text into tokens: boundaries, ids, count, characters per token."),
     "next": LazyCommand("llmctl.cli.next_cmd:next_token", "Show the next-token distribution after TEXT, side by side per temperature, with its entropy."),
