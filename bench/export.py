@@ -42,7 +42,15 @@ def main() -> None:
     start = time.perf_counter()
     reference, source = safetensors_bytes()  # converts the embedded GGUF once if needed (not timed below)
     print(f"source: {source} ({reference / 1e6:.1f} MB of float32 safetensors; ready in "
-          f"{time.perf_counter() - start:.1f} s)\n")
+          f"{time.perf_counter() - start:.1f} s)")
+    # The first load in a process also imports transformers' model code and reads the weights from disk;
+    # it is timed on its own, so the rows compare the quantizations, not who came first.
+    start = time.perf_counter()
+    from llmctl.export.run import _cpu_float32
+    from llmctl.loading import load_local
+
+    load_local("smollm2", _cpu_float32(None), place=False)
+    print(f"cold start (imports + first load of the weights): {time.perf_counter() - start:.1f} s\n")
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench-export-"))
     folder.mkdir(parents=True, exist_ok=True)
     header = ("quant", "export s", "MB", "size / safetensors", "round trip s", "ppl source", "ppl export",
