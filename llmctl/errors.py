@@ -13,7 +13,7 @@ EXIT_USAGE = 2  # bad flag, bad input file, bad config value, empty prompt
 EXIT_MODEL = 3  # unknown model, registry problem, model files missing or unloadable
 EXIT_REMOTE = 4  # API key missing/rejected, server unreachable, rate-limited, remote error
 EXIT_TRAINING = 5  # training diverged (NaN/inf loss) or ran out of memory; the last good checkpoint is kept
-EXIT_GATE = 6  # an eval gate (--fail-under, --fail-over, --max-drop) failed; the run is saved all the same
+EXIT_GATE = 6  # a check failed: an eval gate (the run is saved all the same) or an export's round trip (file kept)
 EXIT_STORAGE = 7  # a file or folder llmctl needs cannot be read or written: not a folder, read-only, disk full
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), the shell convention
 
