@@ -189,10 +189,12 @@ def test_judge_and_compare_gates(cli, tmp_path, fake_openai):
 
 
 def test_runs_started_in_the_same_second_list_newest_first():
-    from llmctl.evaluate.runs import RunWriter, list_runs
+    from llmctl.evaluate.runs import Run, RunWriter, list_runs, save_summary
 
     writers = [RunWriter("exact") for _ in range(3)]
     for writer in writers:  # the same "created" second for all three, as when runs follow each other fast
-        writer.write_summary({"kind": "exact", "status": "complete", "created": "2026-12-03T09:00:00+00:00"})
+        summary = {"kind": "exact", "status": "complete", "created": "2026-12-03T09:00:00+00:00"}
+        writer.write_summary(summary)
+        save_summary(Run(writer.directory, writer.full_summary({**summary, "gates": []}), []))  # as gates do
     assert [r["id"] for r in list_runs()] == [w.id for w in reversed(writers)]
     assert all(oct(w.directory.stat().st_mode & 0o777) == "0o700" for w in writers)

@@ -181,4 +181,4 @@ def run_compare(items: list[PromptItem], models: list[str], judge_ref: str | Non
     if judge_entry is not None:
         summary["results"] = tally(rows, models)
         writer.write_summary(summary)
-    return Run(writer.directory, {"id": writer.id, **summary}, rows)
+    return Run(writer.directory, writer.full_summary(summary), rows)

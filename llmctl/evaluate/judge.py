@@ -369,4 +369,4 @@ def run_judge(items: list[PromptItem], model_ref: str | None, judge_ref: str | N
     summary.update(answers=len(rows), models=summary["models"] or sorted({r["model"] for r in rows}),
                    scores=summarize_scores(rows, [c.name for c in settings.criteria]))
     writer.write_summary(summary)
-    return Run(writer.directory, {"id": writer.id, **summary}, sorted(rows, key=lambda r: (r["index"], r["sample"])))
+    return Run(writer.directory, writer.full_summary(summary), sorted(rows, key=lambda r: (r["index"], r["sample"])))

@@ -68,8 +68,12 @@ class RunWriter:
     def append(self, row: dict[str, Any]) -> None:
         append_jsonl(self.directory / RESULTS, row)  # a crash can at worst lose the line being written
 
+    def full_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """The summary as saved: with the run's id and start (a later save of the Run keeps them)."""
+        return {"id": self.id, "started_ns": self.started_ns, **summary}
+
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_json(self.directory / SUMMARY, {"id": self.id, "started_ns": self.started_ns, **summary})
+        atomic_write_json(self.directory / SUMMARY, self.full_summary(summary))
 
 
 def run_settings(settings: Any, answering: Any) -> dict[str, Any]:
@@ -123,7 +127,7 @@ def measured_run(kind: str, summary: dict[str, Any], save_dir, work: Callable[["
         raise
     summary.update(metrics=metrics, status="complete", finished=now_iso())
     writer.write_summary(summary)
-    return Run(writer.directory, {"id": writer.id, **summary}, [r for r in rows() if r is not None])
+    return Run(writer.directory, writer.full_summary(summary), [r for r in rows() if r is not None])
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
