@@ -14,6 +14,7 @@ from llmctl.data.similarity import NearDuplicateIndex, lcs_length, rouge_l
 from llmctl.finetune.data import load_examples
 from tests.cli_helpers import llmctl
 from tests.fake_openai import fake_openai_fixture  # noqa: F401
+from tests.serve_helpers import running_server
 
 SEEDS = [
     {"id": "s1", "name": "capital", "instruction": "What is the capital city of the given country?",
@@ -186,22 +187,16 @@ def test_a_served_tiny_model_never_parses_and_the_run_stops(capsys, monkeypatch,
     from llmctl.backends.hf import HFBackend
     from llmctl.config import Config
     from llmctl.registry import ModelEntry
-    from llmctl.serve.server import ModelServer
 
     # The self-instruct prompt is over 1,000 tokens of this tiny vocabulary: more than the 128 positions the
     # model was built with, which its rotary embeddings extend past without complaint.
     backend = HFBackend.load(ModelEntry("tiny", "hf", str(tiny_chat_model), context_length=4096), Config())
-    server = ModelServer({"tiny": backend}, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with running_server({"tiny": backend}) as server:
         register_teacher(capsys, monkeypatch, server.url, model="openai:tiny")
         out = tmp_path / "gen.jsonl"
         result = llmctl(capsys, monkeypatch, "data", "generate", "--teacher", "teacher", "--seeds",
                         str(write_seeds(tmp_path / "s.jsonl")), "-n", "4", "--out", str(out), "--max-requests", "3",
                         "--max-tokens", "24", "--workers", "2", "--json")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert result.code == 0, result.err
     report = result.json()
     assert report["requests"] == 3 and report["failed_requests"] == 0 and not report["complete"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 
 import pytest
 
@@ -14,6 +13,7 @@ from llmctl.evaluate.judge import JUDGE_PROMPT_VERSION, JUDGE_SYSTEM, JudgmentEr
 from llmctl.evaluate.rubrics import select_criteria
 from tests.cli_helpers import llmctl, write_jsonl
 from tests.fake_openai import fake_openai_fixture  # noqa: F401
+from tests.serve_helpers import running_server
 
 GRAMMAR_CREATIVITY = select_criteria("grammar,creativity")
 
@@ -133,14 +133,10 @@ def served_tiny_judge(tiny_chat_model):
     from llmctl.backends.hf import HFBackend
     from llmctl.config import Config
     from llmctl.registry import ModelEntry
-    from llmctl.serve.server import ModelServer
 
     backend = HFBackend.load(ModelEntry("tiny", "hf", str(tiny_chat_model), context_length=4096), Config())
-    server = ModelServer({"tiny": backend}, "127.0.0.1", 0, default_max_tokens=16)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with running_server({"tiny": backend}, default_max_tokens=16) as server:
+        yield server
 
 
 def test_served_tiny_model_as_judge_fails_cleanly(capsys, monkeypatch, tmp_path, tiny_chat_model, served_tiny_judge):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,8 +12,8 @@ import pytest
 from llmctl.backends.hf import HFBackend
 from llmctl.config import Config
 from llmctl.registry import ModelEntry
-from llmctl.serve.server import ModelServer
 from tests.cli_helpers import llmctl
+from tests.serve_helpers import running_server
 
 KEY = "sk-serve-test"
 
@@ -26,12 +25,8 @@ def backend(tiny_chat_model):
 
 @pytest.fixture
 def server(backend):
-    srv = ModelServer({"tiny": backend}, "127.0.0.1", 0, api_key=KEY, max_queue=4, default_max_tokens=16)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with running_server({"tiny": backend}, api_key=KEY, max_queue=4, default_max_tokens=16) as srv:
+        yield srv
 
 
 def client(srv, key=KEY):

@@ -3,7 +3,6 @@ base) decoded in the same batch, each with the text it gets from its own model a
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -16,7 +15,7 @@ from llmctl.backends.hf_decode import DecodeBatch
 from llmctl.config import Config
 from llmctl.registry import ModelEntry
 from llmctl.serve.run import open_models
-from llmctl.serve.server import ModelServer
+from tests.serve_helpers import running_server
 
 
 def make_adapter(base_dir, path, seed: int):
@@ -70,9 +69,7 @@ def test_adapters_share_one_base_and_decode_in_one_batch(tiny_chat_model, adapte
             texts[id(row)] += chunk.text
     assert [texts[id(r)] for r in rows] == expected
 
-    srv = ModelServer(backends, "127.0.0.1", 0, max_queue=8, shutdown_timeout=0)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with running_server(backends, max_queue=8, shutdown_timeout=0) as srv:
         assert len(set(map(id, srv.batchers.values()))) == 1  # one batcher for the shared model
         client = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0, timeout=30)
 
@@ -82,6 +79,3 @@ def test_adapters_share_one_base_and_decode_in_one_batch(tiny_chat_model, adapte
 
         with ThreadPoolExecutor(4) as pool:
             assert list(pool.map(ask, refs)) == expected
-    finally:
-        srv.shutdown()
-        srv.server_close()

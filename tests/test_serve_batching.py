@@ -17,6 +17,7 @@ from llmctl.config import Config
 from llmctl.registry import ModelEntry
 from llmctl.serve.server import ModelServer
 from tests.tiny_models import build_chat_model
+from tests.serve_helpers import running_server
 
 PROMPTS = ["Hello", "What is the capital of France?", "ROMEO: But soft", "x"]
 
@@ -61,17 +62,12 @@ def health(srv) -> dict:
 
 @pytest.fixture
 def served(long_backend):
-    srv = ModelServer({"long": long_backend}, "127.0.0.1", 0, max_queue=1, default_max_tokens=16, max_batch=8)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with running_server({"long": long_backend}, max_queue=1, default_max_tokens=16, max_batch=8) as srv:
+        yield srv
 
 
 def test_concurrent_requests_are_batched(long_backend):
-    srv = ModelServer({"long": long_backend}, "127.0.0.1", 0, max_queue=16, max_batch=8)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with running_server({"long": long_backend}, max_queue=16, max_batch=8) as srv:
         client = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0)
         expected = long_backend.generate(GenerationRequest([Message("user", "Hi")],
                                                            SamplingParams(temperature=0, max_tokens=40))).text()
@@ -85,9 +81,6 @@ def test_concurrent_requests_are_batched(long_backend):
         assert answers == [expected] * 8
         stats = health(srv)["batching"]["long"]
         assert stats["largest_batch"] > 1 and stats["batches"] < 8
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_slot(served):

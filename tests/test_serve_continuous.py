@@ -3,7 +3,6 @@ a row that fails while decoding fails alone."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import openai
@@ -14,8 +13,8 @@ from llmctl.backends.hf import HFBackend
 from llmctl.backends.hf_decode import DecodeBatch
 from llmctl.config import Config
 from llmctl.registry import ModelEntry
-from llmctl.serve.server import ModelServer
 from tests.tiny_models import build_chat_model
+from tests.serve_helpers import running_server
 
 PROMPTS = ["Hello", "What is the capital of France?", "ROMEO: But soft", "x", "def add(a, b):"]
 
@@ -84,9 +83,7 @@ def test_a_row_that_fails_while_decoding_fails_alone(backend):
 
 
 def test_a_request_joins_a_running_batch_over_http(backend):
-    srv = ModelServer({"cont": backend}, "127.0.0.1", 0, max_queue=4, max_batch=4, shutdown_timeout=0)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with running_server({"cont": backend}, max_queue=4, max_batch=4, shutdown_timeout=0) as srv:
         client = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0, timeout=30)
         stream = client.chat.completions.create(model="cont", messages=[{"role": "user", "content": "Hi"}],
                                                 stream=True, max_tokens=3000, temperature=0)
@@ -98,6 +95,3 @@ def test_a_request_joins_a_running_batch_over_http(backend):
         stats = srv.batchers["cont"].stats
         assert stats["batches"] == 1 and stats["largest_batch"] == 2  # it joined the running batch
         stream.close()
-    finally:
-        srv.shutdown()
-        srv.server_close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 
 import numpy as np
 import openai
@@ -15,8 +14,8 @@ from llmctl.backends.hf import HFBackend
 from llmctl.config import Config
 from llmctl.embeddings import embed
 from llmctl.registry import ModelEntry
-from llmctl.serve.server import ModelServer
 from tests.cli_helpers import llmctl
+from tests.serve_helpers import running_server
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +25,8 @@ def backend(tiny_chat_model):
 
 @pytest.fixture
 def server(backend, fake_remote):
-    srv = ModelServer({"tiny": backend, "remote": fake_remote}, "127.0.0.1", 0, max_queue=4, shutdown_timeout=0)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with running_server({"tiny": backend, "remote": fake_remote}, max_queue=4, shutdown_timeout=0) as srv:
+        yield srv
 
 
 @pytest.fixture

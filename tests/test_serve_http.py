@@ -19,7 +19,7 @@ import pytest
 from llmctl.backends.hf import HFBackend
 from llmctl.config import Config
 from llmctl.registry import ModelEntry
-from llmctl.serve.server import ModelServer
+from tests.serve_helpers import running_server
 from tests.tiny_models import build_chat_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,12 +39,9 @@ def backend(model_dir):
 
 @pytest.fixture
 def server(backend):
-    srv = ModelServer({"m": backend}, "127.0.0.1", 0, max_queue=4, read_timeout=2, keep_alive_timeout=2,
-                      max_tokens_limit=100_000, shutdown_timeout=0)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with running_server({"m": backend}, max_queue=4, read_timeout=2, keep_alive_timeout=2, max_tokens_limit=100_000,
+                        shutdown_timeout=0) as srv:
+        yield srv
 
 
 def client(srv) -> openai.OpenAI:
@@ -263,15 +260,10 @@ def test_cors_is_off_unless_an_origin_is_given(backend):
     import urllib.request
 
     for cors, allowed in ((None, None), (["http://app.example"], "http://app.example")):
-        srv = ModelServer({"m": backend}, "127.0.0.1", 0, cors=cors, shutdown_timeout=0)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        try:
+        with running_server({"m": backend}, cors=cors, shutdown_timeout=0) as srv:
             request = urllib.request.Request(srv.url + "/models", headers={"Origin": "http://app.example"})
             with urllib.request.urlopen(request, timeout=10) as r:
                 assert r.headers.get("Access-Control-Allow-Origin") == allowed
             status, _, reply = raw(srv, b"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: x\r\nOrigin: http://app.example\r\n"
                                         b"Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n")
             assert status == (200 if cors else 405)
-        finally:
-            srv.shutdown()
-            srv.server_close()

@@ -4,7 +4,6 @@ under a JSON schema always parse and validate, tool calls round-trip, bad input 
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
@@ -14,8 +13,8 @@ import pytest
 from llmctl.backends.hf import HFBackend
 from llmctl.config import Config
 from llmctl.registry import ModelEntry
-from llmctl.serve.server import ModelServer
 from tests.tiny_models import build_chat_model
+from tests.serve_helpers import running_server
 
 WEATHER = {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
            "properties": {"city": {"type": "string", "maxLength": 12}, "unit": {"enum": ["celsius", "fahrenheit"]}}}
@@ -35,11 +34,8 @@ ANSWER = {"type": "object", "additionalProperties": False, "required": ["name", 
 def server(tmp_path_factory):
     path = build_chat_model(tmp_path_factory.mktemp("tiny-tools"), context=4096)
     backend = HFBackend.load(ModelEntry("m", "hf", str(path)), Config())
-    srv = ModelServer({"m": backend}, "127.0.0.1", 0, max_queue=32, max_batch=8, shutdown_timeout=0)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with running_server({"m": backend}, max_queue=32, max_batch=8, shutdown_timeout=0) as srv:
+        yield srv
 
 
 def client(srv) -> openai.OpenAI:
