@@ -65,6 +65,103 @@ def iter_jsonl(path: Path, missing: str, hint: str | None = None) -> Iterator[tu
         yield number, loads_line(path, number, line, hint)
 
 
+def iter_json_array(path: Path, missing: str, chunk: int = 1 << 20) -> Iterator[tuple[int, Any]]:
+    """(element number from 1, element) for each element of a file holding one JSON array, read a megabyte at
+    a time: memory follows the largest element, not the file. An error names the line it is on."""
+    try:
+        f = open(path, encoding="utf-8", newline="")  # line ends as they are: "\r\n" counts one line
+    except FileNotFoundError:
+        raise UsageError(missing) from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    with f:
+        yield from _array_elements(path, _Buffered(path, f, chunk))
+
+
+class _Buffered:
+    """The unread rest of a text file, as much of it in `text` as the reader has asked for, and the line
+    its start is on (the lines of text already dropped are counted, not kept)."""
+
+    def __init__(self, path: Path, file, chunk: int):
+        self.path, self.file, self.chunk = path, file, chunk
+        self.text, self.pos, self.line, self.ended = "", 0, 1, False
+
+    def more(self) -> bool:
+        """Read as much again as is held (at least a chunk), so an element read over and over while it grows
+        costs twice its length in parsing, not its length squared. False at the end of the file."""
+        if self.ended:
+            return False
+        if self.pos > len(self.text) // 2:  # drop what was read: the buffer stays near the largest element
+            self.line += self.text.count("\n", 0, self.pos)
+            self.text, self.pos = self.text[self.pos:], 0
+        try:
+            piece = self.file.read(max(self.chunk, len(self.text) - self.pos))
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{self.path}:{self.line_at(len(self.text))}: not UTF-8 text ({e.reason})") from None
+        self.text += piece
+        self.ended = not piece
+        return bool(piece)
+
+    def line_at(self, pos: int) -> int:
+        return self.line + self.text.count("\n", 0, pos)
+
+    def next_char(self) -> str:
+        """The next character that is not white space ("" at the end), left unread."""
+        while True:
+            while self.pos < len(self.text) and self.text[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.text) or not self.more():
+                return self.text[self.pos:self.pos + 1]
+
+    def error(self, pos: int, why: str) -> UsageError:
+        return UsageError(f"{self.path}:{self.line_at(pos)}: {why}", hint="a JSON array of objects, or JSONL")
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _array_elements(path: Path, buf: _Buffered) -> Iterator[tuple[int, Any]]:
+    if buf.next_char() != "[":
+        raise buf.error(buf.pos, "not valid JSON (expected a JSON array)")
+    buf.pos += 1
+    number = 0
+    while True:
+        char = buf.next_char()
+        if char == "]" and number == 0:
+            break
+        if number:  # after an element: "," and the next, or "]"
+            if char == "]":
+                break
+            if char != ",":
+                raise buf.error(buf.pos, "not valid JSON (Expecting ',' delimiter)" if char else "not valid JSON (the array never ends)")
+            buf.pos += 1
+            buf.next_char()
+        number += 1
+        yield number, _element(buf)
+    buf.pos += 1
+    if buf.next_char():
+        raise buf.error(buf.pos, "not valid JSON (Extra data after the array)")
+
+
+def _element(buf: _Buffered) -> Any:
+    """One element, reading more of the file while what is held ends inside it (then parsing it again)."""
+    while True:
+        try:
+            value, end = _DECODER.raw_decode(buf.text, buf.pos)
+        except json.JSONDecodeError as e:
+            # Text that ends inside the element fails at (or, for a string, from) its end: read on.
+            if (e.pos >= len(buf.text) - 8 or e.msg.startswith("Unterminated string")) and not buf.ended:
+                buf.more()
+                continue
+            raise buf.error(e.pos, f"not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise buf.error(buf.pos, "JSON nested too deeply to read") from None
+        if end < len(buf.text) or buf.ended:  # a number at the very end may go on in the next piece
+            buf.pos = end
+            return value
+        buf.more()
+
+
 def starts_with(path: Path, char: str) -> bool:
     """Whether the file's first non-blank character is `char` (a JSON array is "["), reading only its start."""
     with open(path, "rb") as f:

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import statistics
 from array import array
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from llmctl.answering import ROLES, alpaca_prompt, prompt_from_row
-from llmctl.data.similarity import NearDuplicateIndex, WordCounts, index_words
+from llmctl.data.exact_duplicates import DigestLog, RepeatedRows
+from llmctl.data.similarity import NearDuplicateIndex, WordCounts, append_number, index_words
 from llmctl.errors import UsageError
 from llmctl.finetune.data import ColumnMap, detect_format, iter_rows
 from llmctl.jsonl import jsonl_lines, starts_with
@@ -249,27 +249,40 @@ def problems_of(number: int, row: Any, fmt: str) -> list[dict[str, Any]]:
     return [{"line": number, "problem": p + suffix} for p in CHECKS[fmt](row)]
 
 
-def describe(values) -> dict[str, float]:
-    return {"min": min(values), "mean": round(statistics.fmean(values), 1),
-            "median": round(float(statistics.median(values)), 1), "max": max(values)}
+def describe(counts: Counter) -> dict[str, float]:
+    """min, mean, median and max of the values counted (value -> how many times): the same figures as over
+    the list, kept in one entry per distinct length, far fewer than the rows."""
+    values = sorted(counts)
+    n = sum(counts.values())
+    seen, below, above = 0, None, None
+    for value in values:
+        seen += counts[value]
+        if below is None and seen > (n - 1) // 2:
+            below = value
+        if seen > n // 2:
+            above = value
+            break
+    return {"min": values[0], "mean": round(sum(v * c for v, c in counts.items()) / n, 1),
+            "median": round((below + above) / 2, 1), "max": values[-1]}
 
 
 class LengthStats:
-    """Lengths of every field's texts in chars, words and (with a tokenizer) tokens: numbers, not texts."""
+    """Lengths of every field's texts in chars, words and (with a tokenizer) tokens: counts per length,
+    not a number per row."""
 
     BATCH = 256  # texts tokenized at once
 
     def __init__(self, tokenizer=None):
         self.tokenizer = tokenizer
-        self.lengths: dict[str, dict[str, array]] = {}
+        self.lengths: dict[str, dict[str, Counter]] = {}
         self.pending: dict[str, list[str]] = defaultdict(list)
 
     def add(self, row: dict, fmt: str) -> None:
         for name, values in fields_of(row, fmt).items():
-            field = self.lengths.setdefault(name, {"chars": array("q"), "words": array("q"), "tokens": array("q")})
+            field = self.lengths.setdefault(name, {"chars": Counter(), "words": Counter(), "tokens": Counter()})
             for value in values:
-                field["chars"].append(len(value))
-                field["words"].append(count_words(value))
+                field["chars"][len(value)] += 1
+                field["words"][count_words(value)] += 1
                 if self.tokenizer is not None:
                     self.pending[name].append(value)
                     if len(self.pending[name]) >= self.BATCH:
@@ -277,7 +290,7 @@ class LengthStats:
 
     def _tokenize(self, name: str) -> None:
         ids = self.tokenizer(self.pending.pop(name), add_special_tokens=False)["input_ids"]
-        self.lengths[name]["tokens"].extend(len(i) for i in ids)
+        self.lengths[name]["tokens"].update(len(i) for i in ids)
 
     def result(self) -> dict[str, dict[str, Any]]:
         for name in list(self.pending):
@@ -285,32 +298,51 @@ class LengthStats:
         stats = {}
         for name, field in self.lengths.items():
             if field["chars"]:
-                stats[name] = {"count": len(field["chars"]), "chars": describe(field["chars"]),
+                stats[name] = {"count": sum(field["chars"].values()), "chars": describe(field["chars"]),
                                "words": describe(field["words"])}
                 if self.tokenizer is not None:
                     stats[name]["tokens"] = describe(field["tokens"])
         return stats
 
 
-class Duplicates:
-    """Exact duplicates (same normalised texts, kept as an 8-byte digest per row) as groups of lines; near
-    duplicates as pairs of lines whose prompts have a ROUGE-L F above `max_similarity` (the measure
-    `data generate` filters with), found through the prefix-filtered index."""
+def repeated_rows(path: Path, fmt: str) -> RepeatedRows:
+    """A pass of its own over the file: which rows (the objects, counted from 0) repeat another's texts."""
+    log = DigestLog()
+    for _, row, bad_json in iter_file(path):
+        if not bad_json and isinstance(row, dict):
+            log.add(row_digest(row, fmt))
+    return log.repeated()
 
-    def __init__(self, max_similarity: float, frequency: WordCounts, budget: int = SEARCH_BUDGET):
+
+class Duplicates:
+    """Exact duplicates (same normalised texts, found by `repeated_rows` beforehand) as groups of lines; near
+    duplicates as pairs of lines whose prompts have a ROUGE-L F above `max_similarity` (the measure
+    `data generate` filters with), found through the prefix-filtered index. Rows are the objects of the
+    file, in order, each passed once to `add`."""
+
+    def __init__(self, max_similarity: float, frequency: WordCounts, budget: int = SEARCH_BUDGET,
+                 repeated: RepeatedRows | None = None):
         self.max_similarity, self.budget = max_similarity, budget
-        self.first: dict[bytes, int] = {}
-        self.groups: dict[int, list[int]] = {}
+        self.repeated, self.next_repeated, self.ordinal = repeated or RepeatedRows(), 0, -1
+        self.groups: dict[int, list[int]] = {}  # digest -> lines, for repeated digests only
         self.index = NearDuplicateIndex(max_similarity, frequency, keep_texts=False)
-        self.lines_in_index = array("q")
+        self.lines_in_index = array("I")
         self.pairs: list[dict[str, Any]] = []
         self.near = 0
 
+    def _repeat_of_earlier(self, number: int) -> bool:
+        self.ordinal += 1
+        ordinals = self.repeated.ordinals
+        if self.next_repeated >= len(ordinals) or ordinals[self.next_repeated] != self.ordinal:
+            return False
+        digest = self.repeated.digests[self.next_repeated]
+        self.next_repeated += 1
+        group = self.groups.setdefault(digest, [])
+        group.append(number)
+        return len(group) > 1
+
     def add(self, number: int, row: dict, fmt: str) -> None:
-        digest = row_digest(row, fmt)
-        first = self.first.setdefault(digest, number)
-        if first != number:
-            self.groups.setdefault(first, [first]).append(number)
+        if self._repeat_of_earlier(number):
             return
         text = prompt_text(row, fmt)
         score, match = self.index.most_similar(text, self.max_similarity, first=True, budget=self.budget)
@@ -319,10 +351,10 @@ class Duplicates:
             if len(self.pairs) < MAX_PAIRS:
                 self.pairs.append({"lines": [self.lines_in_index[match], number], "similarity": round(score, 3)})
         self.index.add(text)
-        self.lines_in_index.append(number)
+        self.lines_in_index = append_number(self.lines_in_index, number)
 
     def result(self) -> dict[str, Any]:
-        exact = list(self.groups.values())
+        exact = list(self.groups.values())  # in the order of their first lines
         return {"exact": sum(len(g) - 1 for g in exact), "exact_groups": exact, "near": self.near,
                 "near_pairs": self.pairs, "near_search_cut_short": self.index.cut_short}
 
@@ -336,8 +368,9 @@ def load_tokenizer(ref: str, config=None):
 
 def inspect_file(path: Path, model_ref: str | None = None, examples: int = 3, max_similarity: float = 0.7,
                  config=None) -> dict[str, Any]:
-    """Everything `data inspect` shows, as one JSON-ready document. The file is read twice, a row at a
-    time: once for the format, once for the rest; what is kept per row is a few numbers, not its text."""
+    """Everything `data inspect` shows, as one JSON-ready document. The file is read three times, a row at
+    a time: for the format, for exact duplicates, for the rest; what is kept per row is a few bytes (its
+    digest, its prompt's word ids in the near-duplicate index), never its text or a Python object."""
     path = Path(path)
     counts, lines, frequency = survey(path)
     fmt = file_format(counts)
@@ -353,7 +386,7 @@ def inspect_file(path: Path, model_ref: str | None = None, examples: int = 3, ma
         problems.append({"line": None, "problem": "cannot tell the format of any row (expected " + ", ".join(FORMATS) + ")"})
     else:
         lengths = LengthStats(load_tokenizer(model_ref, config) if model_ref else None)
-        found = Duplicates(max_similarity, frequency)
+        found = Duplicates(max_similarity, frequency, repeated=repeated_rows(path, fmt))
         for number, row, bad_json in iter_file(path):
             if bad_json:
                 problems.append({"line": number, "problem": bad_json})

@@ -11,6 +11,7 @@ import math
 import re
 from array import array
 from collections import Counter, defaultdict
+from typing import Iterator
 
 WORD = re.compile(r"[a-z0-9]+")
 
@@ -84,6 +85,20 @@ class WordCounts:
         return self.counts[hash(token) % self.BUCKETS]
 
 
+def _token_id(word: str) -> int:
+    """A word as 4 bytes. Two different words share one with odds of 1 in 4 billion per comparison:
+    at worst an LCS one word too long, which the tests on exact scores would see."""
+    return hash(word) & 0xFFFFFFFF
+
+
+def append_number(numbers: array, value: int) -> array:
+    """numbers.append(value), widening 4-byte numbers to 8 bytes the one time a value needs it."""
+    if numbers.typecode == "I" and value > 0xFFFFFFFF:
+        numbers = array("Q", numbers)
+    numbers.append(value)
+    return numbers
+
+
 class NearDuplicateIndex:
     """Texts kept so far; `most_similar` finds the closest by ROUGE-L without scoring every one.
 
@@ -94,21 +109,31 @@ class NearDuplicateIndex:
     Rare words first (`frequency`: word -> how many texts hold it) keeps the lists short: a word in every
     row ("the", "say") sits at the end, outside the prefixes, and the work grows with the rows, not their
     pairs. Without a threshold every word is indexed (any overlap can be the best match).
+
+    Memory is a few bytes per indexed word, in flat arrays, not Python objects per text: each text's words
+    as 4-byte ids; the posting lists as one linked list per hash bucket of (word, nth time) elements, 8 bytes
+    a posting. A bucket shared by two elements only adds candidates, which the LCS then checks.
     """
+
+    BUCKETS = 1 << 20
 
     def __init__(self, threshold: float = 0.0, frequency: "dict[str, int] | WordCounts | None" = None, keep_texts: bool = True):
         self.threshold, self.frequency, self.keep_texts = threshold, frequency or {}, keep_texts
         self.texts: list[str] = []
-        self._tokens: list[str] = []  # each text's words joined by spaces: one object per text, not one per word
-        self._postings: dict[tuple[str, int], list[int]] = defaultdict(list)  # (word, nth time in a text) -> texts
+        self._words = array("I")  # every text's word ids, one after another
+        self._starts = array("I", [0])  # text i's words are _words[_starts[i]:_starts[i + 1]]
+        self._head = array("i", [-1]) * self.BUCKETS  # bucket -> its first posting, oldest first
+        self._tail = array("i", [-1]) * self.BUCKETS
+        self._text_of = array("I")  # posting -> the text it points to
+        self._next = array("i")  # posting -> the next posting in its bucket, or -1
         self.work = 0  # postings read: what the tests count instead of wall time
         self.cut_short = 0  # searches that stopped at their budget
 
     def __len__(self) -> int:
-        return len(self._tokens)
+        return len(self._starts) - 1
 
-    def _prefix(self, tokens: list[str], threshold: float) -> list[tuple[str, int]]:
-        """The first len - o + 1 (word, occurrence) elements in the global order, o the overlap needed."""
+    def _prefix(self, tokens: list[str], threshold: float) -> list[int]:
+        """The buckets of the first len - o + 1 (word, occurrence) elements in the global order, o the overlap needed."""
         if not tokens:
             return []
         needed = math.floor(threshold * len(tokens) / (2 - threshold) - 1e-9) + 1
@@ -118,17 +143,34 @@ class NearDuplicateIndex:
             seen[token] += 1
             elements.append((token, seen[token]))
         elements.sort(key=lambda e: (self.frequency.get(e[0], 0), e))
-        return elements[:len(tokens) - needed + 1]
+        return [hash(e) % self.BUCKETS for e in elements[:len(tokens) - needed + 1]]
+
+    def _text_words(self, index: int) -> array:
+        return self._words[self._starts[index]:self._starts[index + 1]]
 
     def add(self, text: str) -> int:
         tokens = index_words(text)
-        index = len(self._tokens)
+        index = len(self)
         if self.keep_texts:
             self.texts.append(text)
-        self._tokens.append(" ".join(tokens))
-        for element in self._prefix(tokens, self.threshold):
-            self._postings[element].append(index)
+        self._words.extend(_token_id(t) for t in tokens)
+        self._starts = append_number(self._starts, len(self._words))
+        for bucket in dict.fromkeys(self._prefix(tokens, self.threshold)):  # a text once per bucket
+            posting = len(self._text_of)
+            self._text_of = append_number(self._text_of, index)
+            self._next.append(-1)
+            if self._tail[bucket] < 0:
+                self._head[bucket] = posting
+            else:
+                self._next[self._tail[bucket]] = posting
+            self._tail[bucket] = posting
         return index
+
+    def _postings(self, bucket: int) -> Iterator[int]:
+        posting = self._head[bucket]
+        while posting >= 0:
+            yield self._text_of[posting]
+            posting = self._next[posting]
 
     def most_similar(self, text: str, threshold: float = 0.0, first: bool = False,
                      budget: int | None = None) -> tuple[float, int | None]:
@@ -141,10 +183,11 @@ class NearDuplicateIndex:
         if threshold < self.threshold:
             raise ValueError(f"this index finds scores above {self.threshold}, not {threshold}")
         tokens = index_words(text)
-        masks = _match_masks(tokens)
+        ids = [_token_id(t) for t in tokens]
+        masks = _match_masks(ids)
         best, best_index, seen = threshold, None, set()
-        for element in self._prefix(tokens, threshold):
-            for index in self._postings.get(element, ()):
+        for bucket in dict.fromkeys(self._prefix(tokens, threshold)):
+            for index in self._postings(bucket):
                 if budget is not None and len(seen) >= budget:
                     self.cut_short += 1
                     return (best, best_index) if best_index is not None else (0.0, None)
@@ -152,10 +195,10 @@ class NearDuplicateIndex:
                 if index in seen:
                     continue
                 seen.add(index)
-                other = self._tokens[index].split()
-                if 2 * min(len(other), len(tokens)) / (len(other) + len(tokens)) <= best:
+                length = self._starts[index + 1] - self._starts[index]
+                if 2 * min(length, len(ids)) / (length + len(ids)) <= best:
                     continue
-                score = _f_measure(_lcs_with_masks(masks, len(tokens), other), len(tokens), len(other))
+                score = _f_measure(_lcs_with_masks(masks, len(ids), self._text_words(index)), len(ids), length)
                 if score > best:
                     best, best_index = score, index
                     if first:

@@ -6,14 +6,14 @@ Every row is checked before training; a bad row is an error naming file, line an
 
 from __future__ import annotations
 
-import json
+import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from llmctl.answering import alpaca_prompt, checked_messages
 from llmctl.errors import UsageError
-from llmctl.jsonl import iter_jsonl, read_text, starts_with
+from llmctl.jsonl import iter_json_array, iter_jsonl, starts_with
 
 FORMATS = ("alpaca", "chat", "prompt-completion", "text")
 
@@ -52,30 +52,47 @@ def read_rows(path: Path) -> list[tuple[int, Any]]:
 
 
 def iter_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """read_rows one row at a time: a JSONL file is never in memory whole (CSV, Parquet and a JSON array are)."""
+    """read_rows one row at a time, whatever the format: memory follows the largest row, not the file."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--data {path}: no such file")
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".parquet"):
-        from datasets import load_dataset
+    if suffix == ".csv":
+        yield from _csv_rows(path)
+    elif suffix == ".parquet":
+        yield from _parquet_rows(path)
+    elif starts_with(path, "["):  # a JSON array (the original Alpaca data)
+        yield from iter_json_array(path, f"--data {path}: no such file")
+    else:
+        yield from iter_jsonl(path, f"--data {path}: no such file", hint="one JSON object per line (JSONL), or a JSON array")
 
-        try:
-            rows = load_dataset(suffix[1:], data_files=str(path), split="train")
-        except Exception as e:  # datasets raises many kinds for a malformed file
-            raise UsageError(f"{path}: cannot read as {suffix[1:]}: {str(e).splitlines()[0]}") from None
-        yield from ((i + 2 if suffix == ".csv" else i + 1, dict(r)) for i, r in enumerate(rows))
-        return
-    if starts_with(path, "["):  # a JSON array (the original Alpaca data)
-        text = read_text(path, f"--data {path}: no such file")
-        try:
-            yield from enumerate(json.loads(text), 1)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-        except RecursionError:
-            raise UsageError(f"{path}: JSON nested too deeply to read") from None
-        return
-    yield from iter_jsonl(path, f"--data {path}: no such file", hint="one JSON object per line (JSONL), or a JSON array")
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """Each data row as {header: cell}, cells as the strings the file holds; data row i is numbered i + 2
+    (its line, when no cell spans lines), as the header is line 1."""
+    number = 1
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # the default, 128 KB a cell, is no limit on data
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            for number, row in enumerate(csv.DictReader(f), 2):
+                yield number, row
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}:{number + 1}: cannot read as csv: {e}") from None
+
+
+def _parquet_rows(path: Path, batch: int = 256) -> Iterator[tuple[int, dict]]:
+    """Each row as a dict, numbered from 1, read a batch of rows at a time."""
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=batch)
+        number = 0
+        for rows in batches:
+            for row in rows.to_pylist():
+                number += 1
+                yield number, row
+    except Exception as e:  # pyarrow raises several kinds (ArrowInvalid, OSError) for a malformed file
+        raise UsageError(f"{path}: cannot read as parquet: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def detect_format(row: Any, columns: ColumnMap) -> str | None:
@@ -137,37 +154,50 @@ PARSERS = {"alpaca": _alpaca, "chat": _chat, "prompt-completion": _prompt_comple
 
 def load_examples(paths: list[Path], fmt: str = "auto", columns: ColumnMap | None = None,
                   skip_bad_rows: bool = False) -> tuple[list[Example], DataReport]:
+    """Every example of the files, checked, and what was read and skipped."""
+    report = DataReport()
+    examples = list(iter_examples(paths, fmt, columns, skip_bad_rows, report))
+    return examples, report
+
+
+def iter_examples(paths: list[Path], fmt: str = "auto", columns: ColumnMap | None = None,
+                  skip_bad_rows: bool = False, report: DataReport | None = None) -> Iterator[Example]:
+    """load_examples one example at a time, filling `report` as it goes: a file is never in memory whole."""
     columns = columns or ColumnMap()
     if fmt != "auto" and fmt not in FORMATS:
         raise UsageError(f"unknown --format '{fmt}'", hint="use auto, " + ", ".join(FORMATS))
-    report, examples = DataReport(), []
+    report = report if report is not None else DataReport()
     for path in paths:
-        # Read twice, streaming: the format from the first row that shows one, then every row.
-        if next(iter_rows(Path(path)), None) is None:
-            raise UsageError(f"{path}: the file has no rows (an empty dataset)")
-        file_format = fmt
-        if fmt == "auto":
-            file_format = next((f for f in (detect_format(r, columns) for _, r in iter_rows(Path(path))) if f), None)
-            if file_format is None:
-                raise UsageError(f"{path}: cannot tell the format of its rows",
-                                 hint="expected alpaca (instruction/output), chat (messages), prompt/completion or "
-                                      "text fields; map other names with --instruction-field etc., or set --format")
-        if report.format and report.format != file_format:
-            raise UsageError(f"{path} is {file_format} but earlier files are {report.format}",
-                             hint="use one format per run")
-        report.format = file_format
+        report.format = _file_format(Path(path), fmt, columns, report.format)
         for number, row in iter_rows(Path(path)):
             report.rows += 1
             where = f"{path}:{number}"
             try:
                 if not isinstance(row, dict):
                     raise UsageError(f"{where}: expected a JSON object")
-                examples += PARSERS[file_format](row, columns, where)
+                parsed = PARSERS[report.format](row, columns, where)
             except UsageError as e:
                 if not skip_bad_rows:
                     raise UsageError(e.message, hint="fix the row, or pass --skip-bad-rows to skip and report it") from None
                 report.skipped.append(e.message)
-    if not examples:
+                continue
+            report.examples += len(parsed)
+            yield from parsed
+    if not report.examples:
         raise UsageError("the data has no usable examples" + (f" ({len(report.skipped)} rows skipped)" if report.skipped else ""))
-    report.examples = len(examples)
-    return examples, report
+
+
+def _file_format(path: Path, fmt: str, columns: ColumnMap, earlier: str) -> str:
+    """The file's format: `fmt`, or with "auto" that of the first row that shows one (read streaming)."""
+    if next(iter_rows(path), None) is None:
+        raise UsageError(f"{path}: the file has no rows (an empty dataset)")
+    file_format = fmt
+    if fmt == "auto":
+        file_format = next((f for f in (detect_format(r, columns) for _, r in iter_rows(path)) if f), None)
+        if file_format is None:
+            raise UsageError(f"{path}: cannot tell the format of its rows",
+                             hint="expected alpaca (instruction/output), chat (messages), prompt/completion or "
+                                  "text fields; map other names with --instruction-field etc., or set --format")
+    if earlier and earlier != file_format:
+        raise UsageError(f"{path} is {file_format} but earlier files are {earlier}", hint="use one format per run")
+    return file_format

@@ -41,6 +41,32 @@ def encode(tokenizer, example: Example) -> Tokenized:
     return Tokenized(prompt_ids + response_ids, [IGNORE] * len(prompt_ids) + response_ids, example.source)
 
 
+def encode_prefix(tokenizer, example: Example, max_length: int, chars_per_token: int = 8) -> tuple[Tokenized, bool]:
+    """encode(), without tokenizing more of a huge example than shows it is longer than `max_length`
+    (a fast tokenizer takes many times a 200 MB text's size). Each text is cut to a window of characters,
+    starting at `chars_per_token` a token and growing fourfold until the cut example has more than
+    `max_length` tokens, or nothing is cut. (tokens, False): exactly encode()'s; (tokens, True): the
+    example's first part only, already longer than max_length."""
+    window = max_length * chars_per_token
+    while True:
+        cut = _cut(example, window)
+        if cut is example:
+            return encode(tokenizer, example), False
+        item = encode(tokenizer, cut)
+        if len(item.ids) > max_length:
+            return item, True
+        window *= 4
+
+
+def _cut(example: Example, window: int) -> Example:
+    """The example with every text cut to `window` characters, or the example itself if none is longer."""
+    if example.text is not None:
+        return example if len(example.text) <= window else Example(text=example.text[:window], source=example.source)
+    if all(len(m["content"]) <= window for m in example.messages):
+        return example
+    return Example(messages=[{**m, "content": m["content"][:window]} for m in example.messages], source=example.source)
+
+
 def problem(item: Tokenized, max_length: int) -> UsageError | None:
     """Why an encoded example cannot be trained on (too long, nothing to learn), or None."""
     if len(item.ids) > max_length:
