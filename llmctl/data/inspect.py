@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from llmctl.answering import ROLES, alpaca_prompt, prompt_from_row
-from llmctl.data.exact_duplicates import DigestLog, RepeatedRows
+from llmctl.data.exact_duplicates import DigestLog
 from llmctl.data.similarity import NearDuplicateIndex, WordCounts, append_number, index_words
 from llmctl.errors import UsageError
 from llmctl.finetune.data import ColumnMap, detect_format, iter_rows
@@ -305,8 +305,8 @@ class LengthStats:
         return stats
 
 
-def repeated_rows(path: Path, fmt: str) -> RepeatedRows:
-    """A pass of its own over the file: which rows (the objects, counted from 0) repeat another's texts."""
+def repeated_digests(path: Path, fmt: str) -> set[int]:
+    """A pass of its own over the file: the digests (row_digest) that more than one row has."""
     log = DigestLog()
     for _, row, bad_json in iter_file(path):
         if not bad_json and isinstance(row, dict):
@@ -315,34 +315,32 @@ def repeated_rows(path: Path, fmt: str) -> RepeatedRows:
 
 
 class Duplicates:
-    """Exact duplicates (same normalised texts, found by `repeated_rows` beforehand) as groups of lines; near
-    duplicates as pairs of lines whose prompts have a ROUGE-L F above `max_similarity` (the measure
-    `data generate` filters with), found through the prefix-filtered index. Rows are the objects of the
-    file, in order, each passed once to `add`."""
+    """Exact duplicates (same normalised texts; `repeated`, from repeated_digests, says which digests come
+    back, so only those rows are grouped) as groups of lines; near duplicates as pairs of lines whose prompts
+    have a ROUGE-L F above `max_similarity` (the measure `data generate` filters with), found through the
+    prefix-filtered index."""
 
     def __init__(self, max_similarity: float, frequency: WordCounts, budget: int = SEARCH_BUDGET,
-                 repeated: RepeatedRows | None = None):
-        self.max_similarity, self.budget = max_similarity, budget
-        self.repeated, self.next_repeated, self.ordinal = repeated or RepeatedRows(), 0, -1
+                 repeated: set[int] | None = None):
+        self.max_similarity, self.budget, self.repeated = max_similarity, budget, repeated
         self.groups: dict[int, list[int]] = {}  # digest -> lines, for repeated digests only
         self.index = NearDuplicateIndex(max_similarity, frequency, keep_texts=False)
         self.lines_in_index = array("I")
         self.pairs: list[dict[str, Any]] = []
         self.near = 0
 
-    def _repeat_of_earlier(self, number: int) -> bool:
-        self.ordinal += 1
-        ordinals = self.repeated.ordinals
-        if self.next_repeated >= len(ordinals) or ordinals[self.next_repeated] != self.ordinal:
+    def _repeat_of_earlier(self, number: int, row: dict, fmt: str) -> bool:
+        if self.repeated is not None and not self.repeated:
+            return False  # no row repeats another: no digest to work out
+        digest = int.from_bytes(row_digest(row, fmt), "little")
+        if self.repeated is not None and digest not in self.repeated:
             return False
-        digest = self.repeated.digests[self.next_repeated]
-        self.next_repeated += 1
         group = self.groups.setdefault(digest, [])
         group.append(number)
         return len(group) > 1
 
     def add(self, number: int, row: dict, fmt: str) -> None:
-        if self._repeat_of_earlier(number):
+        if self._repeat_of_earlier(number, row, fmt):
             return
         text = prompt_text(row, fmt)
         score, match = self.index.most_similar(text, self.max_similarity, first=True, budget=self.budget)
@@ -354,7 +352,7 @@ class Duplicates:
         self.lines_in_index = append_number(self.lines_in_index, number)
 
     def result(self) -> dict[str, Any]:
-        exact = list(self.groups.values())  # in the order of their first lines
+        exact = [g for g in self.groups.values() if len(g) > 1]  # in the order of their first lines
         return {"exact": sum(len(g) - 1 for g in exact), "exact_groups": exact, "near": self.near,
                 "near_pairs": self.pairs, "near_search_cut_short": self.index.cut_short}
 
@@ -386,7 +384,7 @@ def inspect_file(path: Path, model_ref: str | None = None, examples: int = 3, ma
         problems.append({"line": None, "problem": "cannot tell the format of any row (expected " + ", ".join(FORMATS) + ")"})
     else:
         lengths = LengthStats(load_tokenizer(model_ref, config) if model_ref else None)
-        found = Duplicates(max_similarity, frequency, repeated=repeated_rows(path, fmt))
+        found = Duplicates(max_similarity, frequency, repeated=repeated_digests(path, fmt))
         for number, row, bad_json in iter_file(path):
             if bad_json:
                 problems.append({"line": number, "problem": bad_json})
