@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from array import array
+from bisect import bisect_right
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -305,6 +306,24 @@ class LengthStats:
         return stats
 
 
+class IndexLines:
+    """The line of each text in the near-duplicate index. Text i is on line i + 1 until a blank, bad or
+    repeated line shifts the rest, so only those shifts are kept: nothing a row in a clean file."""
+
+    def __init__(self) -> None:
+        self.shift_from, self.shift = array("I"), array("Q")  # from text i on, line = i + 1 + shift
+
+    def add(self, index: int, line: int) -> None:
+        shift = line - index - 1
+        if shift != (self.shift[-1] if self.shift else 0):
+            self.shift_from = append_number(self.shift_from, index)
+            self.shift.append(shift)
+
+    def line(self, index: int) -> int:
+        k = bisect_right(self.shift_from, index) - 1
+        return index + 1 + (self.shift[k] if k >= 0 else 0)
+
+
 def repeated_digests(path: Path, fmt: str) -> set[int]:
     """A pass of its own over the file: the digests (row_digest) that more than one row has."""
     log = DigestLog()
@@ -325,7 +344,7 @@ class Duplicates:
         self.max_similarity, self.budget, self.repeated = max_similarity, budget, repeated
         self.groups: dict[int, list[int]] = {}  # digest -> lines, for repeated digests only
         self.index = NearDuplicateIndex(max_similarity, frequency, keep_texts=False)
-        self.lines_in_index = array("I")
+        self.lines = IndexLines()
         self.pairs: list[dict[str, Any]] = []
         self.near = 0
 
@@ -347,9 +366,8 @@ class Duplicates:
         if match is not None:
             self.near += 1
             if len(self.pairs) < MAX_PAIRS:
-                self.pairs.append({"lines": [self.lines_in_index[match], number], "similarity": round(score, 3)})
-        self.index.add(text)
-        self.lines_in_index = append_number(self.lines_in_index, number)
+                self.pairs.append({"lines": [self.lines.line(match), number], "similarity": round(score, 3)})
+        self.lines.add(self.index.add(text), number)
 
     def result(self) -> dict[str, Any]:
         exact = [g for g in self.groups.values() if len(g) > 1]  # in the order of their first lines

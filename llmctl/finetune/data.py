@@ -81,11 +81,12 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def _parquet_rows(path: Path, batch: int = 256) -> Iterator[tuple[int, dict]]:
-    """Each row as a dict, numbered from 1, read a batch of rows at a time."""
+    """Each row as a dict, numbered from 1, read a batch of rows at a time. pyarrow decodes a row group's
+    column chunks whole, so memory follows the largest row group (writers cap them), not the file."""
     import pyarrow.parquet as pq
 
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=batch)
+        batches = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False).iter_batches(batch_size=batch)
         number = 0
         for rows in batches:
             for row in rows.to_pylist():
