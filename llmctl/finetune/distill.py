@@ -140,7 +140,7 @@ def load_teacher(ref: str, student: str, student_tokenizer):
     if not capabilities_of(entry).logits:
         raise UsageError(f"--teacher {ref}: a remote ({entry.provider}) model gives no logits to distil",
                          hint="distil through text: llmctl data distill, then llmctl finetune on its file")
-    _, teacher, tokenizer = load_merged(ref)
+    _, teacher, tokenizer = load_merged(ref, packed=True)
     check_shared_tokenizer(student_tokenizer, tokenizer, student, ref)
     return teacher
 

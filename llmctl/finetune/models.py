@@ -7,6 +7,7 @@ import torch
 
 from llmctl.errors import UsageError
 from llmctl.finetune.config import FinetuneConfig
+from llmctl.training.packed_attention import use_packed_attention
 
 
 def load_base(ref: str, qlora: bool, continue_adapter: bool = False, config=None):
@@ -19,6 +20,7 @@ def load_base(ref: str, qlora: bool, continue_adapter: bool = False, config=None
     if entry.adapter and not continue_adapter:
         raise UsageError(f"'{ref}' is already an adapter", hint=f"merge it first: llmctl finetune merge {ref} --out DIR")
     local = load_local(entry, config, adapter="skip", place=False, quantize_4bit=qlora, doing="fine-tuning")
+    use_packed_attention(local.model)  # training rows are packed: attend within each example, no L x L mask
     return entry, local.model, local.tokenizer, local.origin
 
 
@@ -58,9 +60,12 @@ def add_lora(model, cfg: FinetuneConfig, adapter_dir: str | None = None):
                          hint=f"this model's linear layers: {', '.join(linear)}") from None
 
 
-def load_merged(ref: str, config=None):
-    """(entry, model, tokenizer) of a local model; for an adapter, base + adapter folded into one model."""
+def load_merged(ref: str, config=None, packed: bool = False):
+    """(entry, model, tokenizer) of a local model; for an adapter, base + adapter folded into one model.
+    `packed`: the model will read packed training rows (a distillation teacher)."""
     from llmctl.loading import load_local
 
     local = load_local(ref, config, adapter="merge", place=False, doing="loading weights")
+    if packed:
+        use_packed_attention(local.model)
     return local.entry, local.model, local.tokenizer
