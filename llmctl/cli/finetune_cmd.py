@@ -180,8 +180,10 @@ def _show_inspection(config: FinetuneConfig, json_out: bool) -> None:
         table.add_row(f"{b['from']}-{b['to']}", str(b["count"]), Text(bar_text(b["count"] / peak, 30), style="cyan"))
     out.print(table)
     t, m = doc["tokens"], doc["memory_estimate"]
+    cut = doc.get("too_long_counted_in_part", 0)
     out.print(f"min {t['min']} · mean {t['mean']} · max {t['max']} tokens · {doc['too_long']} longer than "
-              f"--max-length {doc['max_length']}")
+              f"--max-length {doc['max_length']}" + (f" ({cut} tokenized only past it: their counts are lower bounds)"
+                                                     if cut else ""))
     out.print(lora_share_table(LoraShare.from_dict(doc["lora"])))
     out.print(f"memory estimate ~{m['total_gb']:.2f} GB (weights {m['weights_gb']:.2f}, activations "
               f"{m['activations_gb']:.2f} at batch {config.train.batch_size})")
