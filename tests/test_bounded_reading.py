@@ -172,3 +172,26 @@ def test_malformed_csv_and_parquet_are_one_usage_error(tmp_path):
     csv.write_bytes(b"instruction,output\n\xff\xfe,x\n")
     with pytest.raises(UsageError, match="bad.csv:.*cannot read as csv"):
         list(iter_rows(csv))
+
+
+def test_token_counts_of_a_long_text_are_taken_a_piece_at_a_time_and_equal_the_whole(tiny_chat_model, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from llmctl.data.lengths import LengthStats
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_model)
+    words = ["the", "cat", "sat", "on", "a", "mat,", "and", "then\nit", "slept."]
+    text = " ".join(words[i * 7 % len(words)] for i in range(20_000))
+    seen = []
+    real = tokenizer.__call__
+
+    def recording(texts, **kwargs):
+        seen.append(max(len(t) for t in ([texts] if isinstance(texts, str) else texts)))
+        return real(texts, **kwargs)
+
+    monkeypatch.setattr(LengthStats, "PIECE", 4096)
+    stats = LengthStats(recording)
+    stats.add({"text": [text, "a short one"]})
+    counts = stats.result()["text"]["tokens"]
+    assert counts["max"] == len(real(text, add_special_tokens=False)["input_ids"]) and counts["min"] > 0
+    assert max(seen) <= 4096 < len(text)  # never the whole text at once

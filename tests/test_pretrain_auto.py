@@ -18,7 +18,7 @@ def test_the_recipe_is_what_a_quiet_two_core_machine_gets_in_90_seconds():
     c = choose(Budget(seconds=90), SHAKESPEARE_BYTES, RECIPE_RATE, {}).values
     assert (c["tokenizer"], c["vocab_size"], c["layers"], c["width"], c["heads"], c["context"]) == \
         ("bpe", 2048, 4, 128, 4, 128)
-    assert c["batch_size"] * c["context"] == 2048 and c["optimizer"] == "adamw" and "muon_lr" not in c
+    assert c["batch_size"] * c["context"] == 1024 and c["optimizer"] == "adamw" and "muon_lr" not in c
     assert c["lr"] == pytest.approx(3e-3) and c["min_lr"] == pytest.approx(3e-4)
 
 

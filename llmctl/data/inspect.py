@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 from llmctl.answering import ROLES, alpaca_prompt, prompt_from_row
 from llmctl.data.exact_duplicates import DigestLog
+from llmctl.data.lengths import LengthStats
 from llmctl.data.similarity import NearDuplicateIndex, WordCounts, append_number, index_words
 from llmctl.errors import UsageError
 from llmctl.finetune.data import ColumnMap, detect_format, iter_rows
@@ -190,18 +191,6 @@ def row_digest(row: dict, fmt: str) -> bytes:
     return digest.digest()
 
 
-def count_words(text: str, chunk: int = 1 << 20) -> int:
-    """len(text.split()), a megabyte at a time, so a huge field is never a list of its words."""
-    count, previous_ends_in_word = 0, False
-    for start in range(0, len(text), chunk):
-        piece = text[start:start + chunk]
-        count += len(piece.split())
-        if previous_ends_in_word and not piece[0].isspace():
-            count -= 1  # one word cut in two by the chunk boundary
-        previous_ends_in_word = not piece[-1].isspace()
-    return count
-
-
 # -- reading: two streaming passes, one row in memory at a time -----------------------------------------------
 
 def iter_file(path: Path) -> Iterator[tuple[int, Any, str | None]]:
@@ -248,62 +237,6 @@ def problems_of(number: int, row: Any, fmt: str) -> list[dict[str, Any]]:
     own = row_format(row)
     suffix = f" (the row looks like {own}, the file is {fmt})" if own and own != fmt else ""
     return [{"line": number, "problem": p + suffix} for p in CHECKS[fmt](row)]
-
-
-def describe(counts: Counter) -> dict[str, float]:
-    """min, mean, median and max of the values counted (value -> how many times): the same figures as over
-    the list, kept in one entry per distinct length, far fewer than the rows."""
-    values = sorted(counts)
-    n = sum(counts.values())
-    seen, below, above = 0, None, None
-    for value in values:
-        seen += counts[value]
-        if below is None and seen > (n - 1) // 2:
-            below = value
-        if seen > n // 2:
-            above = value
-            break
-    return {"min": values[0], "mean": round(sum(v * c for v, c in counts.items()) / n, 1),
-            "median": round((below + above) / 2, 1), "max": values[-1]}
-
-
-class LengthStats:
-    """Lengths of every field's texts in chars, words and (with a tokenizer) tokens: counts per length,
-    not a number per row."""
-
-    BATCH = 256  # texts tokenized at once
-
-    def __init__(self, tokenizer=None):
-        self.tokenizer = tokenizer
-        self.lengths: dict[str, dict[str, Counter]] = {}
-        self.pending: dict[str, list[str]] = defaultdict(list)
-
-    def add(self, row: dict, fmt: str) -> None:
-        for name, values in fields_of(row, fmt).items():
-            field = self.lengths.setdefault(name, {"chars": Counter(), "words": Counter(), "tokens": Counter()})
-            for value in values:
-                field["chars"][len(value)] += 1
-                field["words"][count_words(value)] += 1
-                if self.tokenizer is not None:
-                    self.pending[name].append(value)
-                    if len(self.pending[name]) >= self.BATCH:
-                        self._tokenize(name)
-
-    def _tokenize(self, name: str) -> None:
-        ids = self.tokenizer(self.pending.pop(name), add_special_tokens=False)["input_ids"]
-        self.lengths[name]["tokens"].update(len(i) for i in ids)
-
-    def result(self) -> dict[str, dict[str, Any]]:
-        for name in list(self.pending):
-            self._tokenize(name)
-        stats = {}
-        for name, field in self.lengths.items():
-            if field["chars"]:
-                stats[name] = {"count": sum(field["chars"].values()), "chars": describe(field["chars"]),
-                               "words": describe(field["words"])}
-                if self.tokenizer is not None:
-                    stats[name]["tokens"] = describe(field["tokens"])
-        return stats
 
 
 class IndexLines:
@@ -411,7 +344,7 @@ def inspect_file(path: Path, model_ref: str | None = None, examples: int = 3, ma
             problems += own
             if not isinstance(row, dict):
                 continue
-            lengths.add(row, fmt)
+            lengths.add(fields_of(row, fmt))
             found.add(number, row, fmt)
             if not own and len(doc["examples"]) < examples:  # rows that show the format as meant
                 doc["examples"].append({"line": number, "fields": {k: "\n".join(v) for k, v in fields_of(row, fmt).items() if v}})

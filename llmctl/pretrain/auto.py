@@ -3,7 +3,7 @@ machine's measured speed. `choose` is a pure function of those three, so each ru
 
 The rules start from compute-optimal scaling (a budget buys C FLOPs; a model of N hidden parameters
 costs ~6N per token, Chinchilla) but use the ratio measured at this scale: the best of the hand-tuned
-90-second CPU runs in bench/RESULTS.md (4 layers x 128, ~0.8M hidden parameters) saw ~0.8M tokens,
+90-second CPU runs in bench/RESULTS.md (4 layers x 128, ~0.8M hidden parameters) saw ~0.8-1M tokens,
 about one token per hidden parameter, not Chinchilla's twenty.
 """
 
@@ -18,7 +18,11 @@ from llmctl.errors import UsageError
 # (layers, width): the ladder of shapes, from a few seconds of CPU to a GPU-day. Heads are 32 wide.
 SHAPES = ((2, 64), (3, 96), (4, 128), (4, 192), (6, 256), (6, 384), (8, 512), (12, 768), (16, 1024))
 TOKENS_PER_PARAM = 1.0  # tokens seen per hidden parameter at the best shape for a budget (measured, small scale)
-TARGET_STEPS = 400  # optimizer steps a run should get: fewer, larger batches learn less per token here
+# Optimizer steps a run should get. Fewer, larger batches learn less per token at this scale: in one 90 s
+# run (bench/RESULTS.md, 2026-12-03) the 4x128 BPE-2048 model reached 0.868x the baseline's bits/char at
+# 16 x 128 tokens a step (518 steps) and 0.836x at 8 x 128 (1,022 steps), at the same tokens/s; 4 x 128 halved
+# the tokens/s and lost (0.906x).
+TARGET_STEPS = 1000
 MIN_BATCH_TOKENS, MAX_BATCH_TOKENS = 1024, 512 * 1024
 MIN_BPE_CORPUS = 100_000  # bytes: below this a BPE vocabulary of even 512 is mostly noise; use characters
 STEP_BUDGET_BATCH = 2048  # tokens a step when the budget is --max-steps
