@@ -62,13 +62,16 @@ def per_row_growth(tmp_path: Path, small: int, large: int, command, key: str = "
 
 def test_data_inspect_keeps_a_few_bytes_a_row(tmp_path):
     grew = per_row_growth(tmp_path, 5_000, 40_000, lambda path: ("data", "inspect", str(path), "--json"))
-    assert grew < 150, f"{grew:.0f} bytes a row"  # by hand: 45 for 10k -> 1M rows; before: 842
+    # By hand: 45 for 10k -> 1M rows; before: 842. The bound leaves ~14 MB for the noise between two processes'
+    # peaks and still fails at half of what was kept before.
+    assert grew < 400, f"{grew:.0f} bytes a row"
 
 
 def test_finetune_inspect_keeps_a_few_bytes_an_example(tmp_path, tiny_chat_model):
-    grew = per_row_growth(tmp_path, 1_000, 8_000, lambda path: ("finetune", "inspect", "--data", str(path), "-m",
-                                                                 str(tiny_chat_model), "--json"), key="text")
-    assert grew < 150, f"{grew:.0f} bytes an example"
+    grew = per_row_growth(tmp_path, 1_000, 16_000, lambda path: ("finetune", "inspect", "--data", str(path), "-m",
+                                                                  str(tiny_chat_model), "--json"), key="text")
+    # By hand: under 1 for 10k -> 1M rows; before: 2,456. ~9 MB left for the noise between two processes' peaks.
+    assert grew < 600, f"{grew:.0f} bytes an example"
 
 
 def test_a_huge_example_is_tokenized_only_past_max_length(tmp_path, tiny_chat_model):
