@@ -161,8 +161,11 @@ def test_ctrl_c_is_exit_130_without_a_traceback(tmp_path):
     with FakeOpenAI() as server:
         server.faults.append(("sleep", 5.0))
         env = {**os.environ, "PYTHONPATH": str(root), "LLMCTL_HOME": str(tmp_path / "h")}
+        # SIGINT back to its default in the child: a run started as a background job of a script inherits it
+        # ignored, and Python then raises no KeyboardInterrupt at all (the prompt would simply finish).
         proc = subprocess.Popen([sys.executable, "-m", "llmctl", "prompt", "--base-url", server.url, "-m", "fake-model",
-                                 "hi"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 "hi"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 30
         while not server.requests and time.monotonic() < deadline:  # wait until the request is in flight
             time.sleep(0.05)
