@@ -107,3 +107,17 @@ def test_only_supported_sdpa_models_are_switched(tiny_base_model):
     eager = _tiny("llama")
     eager.set_attn_implementation("eager")
     assert not use_packed_attention(eager) and eager.config._attn_implementation == "eager"  # asked for: kept
+
+
+def test_boundaries_are_read_again_for_new_positions_at_the_same_address():
+    """A later batch's positions may sit where an earlier, freed tensor was, with the same shape: the
+    boundaries must come from the new tensor, never from a cache keyed on the address."""
+    from llmctl.training.packed_attention import _LastSegments
+
+    storage = torch.tensor([0, 1, 2, 0, 1, 0, 1, 2])
+    first = storage[None]
+    assert _LastSegments.of(first, 1) == [[(0, 3), (3, 5), (5, 8)]]
+    storage.data.copy_(torch.tensor([0, 1, 0, 1, 2, 3, 0, 1]))  # new contents, same address, no version bump
+    second = storage[None]
+    assert second.data_ptr() == first.data_ptr() and second._version == first._version
+    assert _LastSegments.of(second, 1) == [[(0, 2), (2, 6), (6, 8)]]

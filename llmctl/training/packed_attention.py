@@ -15,6 +15,8 @@ transformers' own SDPA unchanged.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -35,16 +37,20 @@ def _segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
 
 class _LastSegments:
     """The boundaries of the last position_ids seen: every layer (and a gradient-checkpointing recompute)
-    gets the same tensor, so reading it to the host happens once per forward, not once per layer."""
+    gets the same tensor object, so reading it to the host happens once per forward, not once per layer.
+    Keyed on that object (a weak reference) and its version, never on its address: a later batch's
+    positions may be allocated where a freed tensor was."""
 
-    key: tuple | None = None
+    tensor: weakref.ref | None = None
+    key: tuple = ()
     value: list[list[tuple[int, int]]] = []
 
     @classmethod
-    def of(cls, position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
-        key = (position_ids.data_ptr(), position_ids._version, tuple(position_ids.shape), position_ids.device)
-        if key != cls.key:
-            cls.key, cls.value = key, _segments(position_ids)
+    def of(cls, position_ids: torch.Tensor, batch: int) -> list[list[tuple[int, int]]]:
+        key = (position_ids._version, batch)
+        if cls.tensor is None or cls.tensor() is not position_ids or cls.key != key:
+            cls.tensor, cls.key = weakref.ref(position_ids), key
+            cls.value = _segments(position_ids.expand(batch, -1))
         return cls.value
 
 
@@ -65,7 +71,7 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     if position_ids is None:
         rows = [[(0, length)]] * query.shape[0]
     else:
-        rows = _LastSegments.of(position_ids.expand(query.shape[0], -1))
+        rows = _LastSegments.of(position_ids, query.shape[0])
     p = dropout if module.training else 0.0
     if all(r == rows[0] for r in rows):  # the usual case (one packed row, or rows packed alike): whole batch at once
         parts = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=p,
