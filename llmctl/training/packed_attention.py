@@ -73,15 +73,15 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     else:
         rows = _LastSegments.of(position_ids, query.shape[0])
     p = dropout if module.training else 0.0
-    if all(r == rows[0] for r in rows):  # the usual case (one packed row, or rows packed alike): whole batch at once
-        parts = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=p,
-                                                is_causal=True, scale=scaling) for s, e in rows[0]]
-        out = torch.cat(parts, dim=2)
-    else:
-        out = torch.cat([torch.cat([F.scaled_dot_product_attention(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e],
-                                                                   value[b:b + 1, :, s:e], dropout_p=p,
-                                                                   is_causal=True, scale=scaling)
-                                    for s, e in row], dim=2) for b, row in enumerate(rows)], dim=0)
+
+    def attend(rows_at: slice, start: int, end: int) -> torch.Tensor:
+        return F.scaled_dot_product_attention(query[rows_at, :, start:end], key[rows_at, :, start:end],
+                                              value[rows_at, :, start:end], dropout_p=p, is_causal=True, scale=scaling)
+
+    # Rows packed alike (the usual case: one packed row) go through together; otherwise each row on its own.
+    groups = [(slice(None), rows[0])] if all(r == rows[0] for r in rows) else \
+        [(slice(b, b + 1), row) for b, row in enumerate(rows)]
+    out = torch.cat([torch.cat([attend(at, s, e) for s, e in row], dim=2) for at, row in groups], dim=0)
     return out.transpose(1, 2).contiguous(), None
 
 
