@@ -12,6 +12,7 @@ import torch
 from llmctl.backends.base import GenerationRequest, Message, SamplingParams
 from llmctl.backends.hf import HFBackend
 from llmctl.backends.hf_decode import DecodeBatch
+from llmctl.backends.prefix_cache import PrefixCache
 from llmctl.config import Config
 from llmctl.registry import ModelEntry
 from llmctl.serve.run import open_models
@@ -68,6 +69,20 @@ def test_adapters_share_one_base_and_decode_in_one_batch(tiny_chat_model, adapte
         for row, chunk in batch.step():
             texts[id(row)] += chunk.text
     assert [texts[id(r)] for r in rows] == expected
+
+    cache = PrefixCache(16 << 20)  # the same prompt for every adapter: each keeps its own cached keys
+    for round_ in range(2):
+        rows = [b.prepare_row(request) for b in shared]
+        batch = DecodeBatch(first.model, first.device, first.pad_id, first.eos_ids, first._token_info, cache)
+        texts = {id(r): "" for r in rows}
+        for row, chunk in batch.add(rows):
+            texts[id(row)] += chunk.text
+        while len(batch):
+            for row, chunk in batch.step():
+                texts[id(row)] += chunk.text
+        assert [texts[id(r)] for r in rows] == expected
+        assert [r.cached for r in rows] == [len(r.prompt_ids) - 1 if round_ else 0 for r in rows]
+    assert len(cache) == 4
 
     with running_server(backends, max_queue=8, shutdown_timeout=0) as srv:
         assert len(set(map(id, srv.batchers.values()))) == 1  # one batcher for the shared model

@@ -6,6 +6,10 @@ in both). The batch is left-padded with a per-row attention mask and positions; 
 prefilled on its own (the rows already decoding wait for one forward pass), then its KV cache is
 left-padded to the batch's length and stacked under it. Rows that finish (or whose client left) are
 dropped from the cache, and padding columns no row needs any more are cut off.
+
+With a prefix cache (the server's), a joining row's prompt is computed only past the longest
+beginning it shares with a prompt seen before, and rows that join together and share a beginning
+nobody has cached compute it once between them (prefix_cache.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 
 from llmctl.backends.base import Chunk, GenerationRequest, TokenInfo
 from llmctl.backends.detokenize import StreamDetokenizer
+from llmctl.backends.prefix_cache import MIN_REUSE, CachedPrompt, PrefixCache, common_length
 from llmctl.sampling import StopMatcher, apply_repetition_penalty, sample_next
 
 # Below this a temperature divides logits into infinities: it means greedy, and is decoded so.
@@ -36,6 +41,7 @@ class DecodeRow:
     grammar: Any = None  # a constrained.Grammar: only tokens it allows are sampled
     adapter: str | None = None  # the peft adapter this row decodes with (None: the base model)
     produced: int = 0
+    cached: int | None = None  # prompt tokens whose keys and values came from a prefix cache (None: no cache)
     generator: torch.Generator | None = None
     seen: torch.Tensor | None = None
     detok: StreamDetokenizer | None = field(default=None, repr=False)
@@ -54,11 +60,14 @@ class DecodeRow:
         # unfinished character, a possible start of a stop string) is part of the answer.
         text, hit = self.stops.feed(self.detok.flush())
         return Chunk(text=text if hit else text + self.stops.flush(), finish_reason="stop" if hit else finish,
-                     usage={"prompt_tokens": len(self.prompt_ids), "completion_tokens": self.produced})
+                     usage=self.usage())
 
     def failed(self, error: Exception) -> Chunk:
-        return Chunk(finish_reason="error", error=f"{type(error).__name__}: {error}",
-                     usage={"prompt_tokens": len(self.prompt_ids), "completion_tokens": self.produced})
+        return Chunk(finish_reason="error", error=f"{type(error).__name__}: {error}", usage=self.usage())
+
+    def usage(self) -> dict[str, int]:
+        use = {"prompt_tokens": len(self.prompt_ids), "completion_tokens": self.produced}
+        return use if self.cached is None else {**use, "cached_tokens": self.cached}
 
 
 def _pick(row: DecodeRow, logits: torch.Tensor, eos_ids: set[int],
@@ -125,8 +134,9 @@ class DecodeBatch:
     """The rows decoding together on one model: `add` rows at any step, `step` all of them once."""
 
     def __init__(self, model, device: torch.device, pad_id: int, eos_ids: set[int],
-                 token_info: Callable[[torch.Tensor, float, int, int], TokenInfo]):
+                 token_info: Callable[[torch.Tensor, float, int, int], TokenInfo], prefix_cache: PrefixCache | None = None):
         self.model, self.device, self.pad_id, self.eos_ids, self.token_info = model, device, pad_id, eos_ids, token_info
+        self.prefix_cache = prefix_cache  # keys and values of earlier prompts, shared by every batch on this model
         self.cache_name, self.last_only = cache_argument(model), last_logits_only(model)
         self.rows: list[DecodeRow] = []
         self.past = None
@@ -139,13 +149,14 @@ class DecodeBatch:
     def can_join(self) -> bool:
         return not self.rows or _mergeable(self.past)
 
-    def _forward(self, rows: list[DecodeRow], ids: torch.Tensor, mask: torch.Tensor, past):
+    def _forward(self, adapters: list[str | None], ids: torch.Tensor, mask: torch.Tensor, past):
         padded = not bool(mask.all())
         # No mask and no positions when nothing is padded: the exact computation of an unbatched call.
+        # Positions count the mask's ones, so padding between a cached beginning and the rest is skipped.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.size(1):] if padded else None
         extra = {}
-        if any(row.adapter for row in rows):  # peft: each row through its own adapter, in one pass
-            extra["adapter_names"] = [row.adapter or "__base__" for row in rows]
+        if any(adapters):  # peft: each row through its own adapter, in one pass
+            extra["adapter_names"] = [adapter or "__base__" for adapter in adapters]
         out = self.model(input_ids=ids, attention_mask=mask if padded else None, position_ids=positions,
                          use_cache=True, **{self.cache_name: past}, **self.last_only, **extra)
         return out.logits[:, -1], getattr(out, self.cache_name)
@@ -181,10 +192,9 @@ class DecodeBatch:
         rows = [r for r in rows if r.max_new > 0]
         if not rows:
             return
-        longest = max(len(r.prompt_ids) for r in rows)
-        ids = torch.tensor([[self.pad_id] * (longest - len(r.prompt_ids)) + r.prompt_ids for r in rows], device=self.device)
-        mask = torch.tensor([[0] * (longest - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows], device=self.device)
-        logits, past = self._forward(rows, ids, mask, None)
+        if self.prefix_cache is not None:
+            self._prefill_shared_beginnings(rows)
+        logits, past, mask = self._prefill([(r.adapter, r.prompt_ids) for r in rows], rows)
         keep, tokens = [], []
         yield from self._run(rows, logits, keep, tokens)
         keep_slots = [rows.index(r) for r in keep]
@@ -194,6 +204,59 @@ class DecodeBatch:
             past.batch_select_indices(torch.tensor(keep_slots, device=self.device))
             mask = mask[keep_slots]
         self._stack(keep, tokens, past, mask)
+
+    def _prefill(self, prompts: list[tuple[str | None, list[int]]], rows: list[DecodeRow] | None = None):
+        """One forward pass over new prompts: (last logits, cache, mask). Each is left-padded; with a
+        prefix cache, what a prompt shares with a cached one comes from there and only the rest is
+        computed, laid out as [padding, cached beginning, padding, rest]. Every prompt is then cached."""
+        cache = self.prefix_cache
+        starts = [cache.longest(adapter, ids) for adapter, ids in prompts] if cache is not None else [(None, 0)] * len(prompts)
+        reused = max(n for _, n in starts)
+        rests = [ids[n:] for (_, ids), (_, n) in zip(prompts, starts)]
+        width = max(len(rest) for rest in rests)
+        ids = torch.tensor([[self.pad_id] * (width - len(rest)) + rest for rest in rests], device=self.device)
+        mask = torch.tensor([[0] * (reused - n) + [1] * n + [0] * (width - len(rest)) + [1] * len(rest)
+                             for (_, n), rest in zip(starts, rests)], device=self.device)
+        past = self._cached_past(starts, reused) if reused else None
+        logits, past = self._forward([adapter for adapter, _ in prompts], ids, mask, past)
+        if cache is not None and _mergeable(past):
+            for slot, (adapter, prompt) in enumerate(prompts):
+                columns = mask[slot].bool()
+                cache.put(adapter, prompt, [(layer.keys[slot][:, columns], layer.values[slot][:, columns])
+                                            for layer in past.layers])
+        if cache is not None:
+            for row, (_, n) in zip(rows or [], starts):
+                row.cached = n
+                cache.record(len(row.prompt_ids), n)
+        return logits, past, mask
+
+    def _cached_past(self, starts: list[tuple[CachedPrompt | None, int]], length: int):
+        """A cache holding each prompt's reused beginning, left-padded to `length` (zeros where none)."""
+        from transformers.cache_utils import DynamicCache
+
+        some = next(entry for entry, n in starts if n)
+        layers = []
+        for index, (keys, values) in enumerate(some.layers):
+            blank = keys.new_zeros(keys.shape[0], length, keys.shape[2])
+            per_row = [(_left_pad(e.layers[index][0][:, :n], length, -2), _left_pad(e.layers[index][1][:, :n], length, -2))
+                       if n else (blank, blank) for e, n in starts]
+            layers.append((torch.stack([k for k, _ in per_row]), torch.stack([v for _, v in per_row])))
+        return DynamicCache(ddp_cache_data=layers)
+
+    def _prefill_shared_beginnings(self, rows: list[DecodeRow]) -> None:
+        """Rows arriving together that share a beginning nobody has cached yet (the same system prompt,
+        the same question asked by several clients): compute each such beginning once, into the cache,
+        so that the rows' own prefill reads it instead of computing it once per row."""
+        ids = {id(r): torch.tensor(r.prompt_ids) for r in rows}
+        shared: dict[tuple, tuple[str | None, list[int]]] = {}
+        for row in rows:
+            others = [common_length(ids[id(row)], ids[id(o)]) for o in rows if o is not row and o.adapter == row.adapter]
+            length = min(max(others, default=0), len(row.prompt_ids) - 1)
+            if length >= MIN_REUSE and self.prefix_cache.longest(row.adapter, row.prompt_ids)[1] < length:
+                beginning = row.prompt_ids[:length]
+                shared[(row.adapter, *beginning)] = (row.adapter, beginning)
+        if shared:
+            self._prefill(list(shared.values()))
 
     def _stack(self, rows: list[DecodeRow], tokens: list[int], past, mask: torch.Tensor) -> None:
         mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)  # the pending token's column
@@ -214,7 +277,7 @@ class DecodeBatch:
         if not self.rows:
             return
         ids = torch.tensor(self.next_ids, device=self.device).view(-1, 1)
-        logits, self.past = self._forward(self.rows, ids, self.mask, self.past)
+        logits, self.past = self._forward([row.adapter for row in self.rows], ids, self.mask, self.past)
         keep, tokens = [], []
         yield from self._run(self.rows, logits, keep, tokens)
         self._keep(keep, tokens)

@@ -28,6 +28,7 @@ def serve(
     read_timeout: Annotated[float, typer.Option("--read-timeout", min=0.1, help="Seconds a client has to send a request's headers, and then its body.")] = 30.0,
     keep_alive_timeout: Annotated[float, typer.Option("--keep-alive-timeout", min=0.1, help="Seconds an idle keep-alive connection stays open.")] = 5.0,
     max_connections: Annotated[int, typer.Option("--max-connections", min=1, help="Open connections at most; more are closed at once.")] = 1024,
+    prefix_cache: Annotated[float, typer.Option("--prefix-cache", min=0, metavar="MB", help="Memory per local model for the keys and values of recent prompts: a prompt that begins like one of them (a system prompt, an agent's tools) is computed only from where they differ. 0 turns it off.")] = 256,
 ) -> None:
     """Serve models over the OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /health.
 
@@ -41,7 +42,8 @@ def serve(
     server = ModelServer(backends, host, port, key, max_queue, cfg.sampling.max_tokens, max_batch, protect_health,
                          max_tokens_limit=max_tokens_limit, cors=cors, access_log=access_log,
                          shutdown_timeout=shutdown_timeout, read_timeout=read_timeout,
-                         keep_alive_timeout=keep_alive_timeout, max_connections=max_connections)
+                         keep_alive_timeout=keep_alive_timeout, max_connections=max_connections,
+                         prefix_cache_mb=prefix_cache)
     err.print(f"serving {', '.join(backends)} at [bold]{server.url}[/]" + (" (API key required)" if key else "")
               + " — Ctrl-C to stop")
     serve_until_stopped(server, backends)

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from llmctl.backends.base import Chunk, GenerationRequest
 from llmctl.errors import LlmctlError, UsageError
 from llmctl.serve.batcher import ServerStopping
-from llmctl.serve.openai_api import APIError, choice, envelope, parse_body, parse_request
+from llmctl.serve.openai_api import APIError, add_usage, choice, envelope, parse_body, parse_request
 
 if TYPE_CHECKING:
     from llmctl.serve.server import ModelServer
@@ -169,8 +169,7 @@ class Routes:
             calls = run.tool_calls(text)
             choices.append(choice(chat, i, "" if calls else text, "tool_calls" if calls else finish, tokens,
                                   bool(request.top_probs), False, calls))
-            usage["prompt_tokens"] = use.get("prompt_tokens", 0)
-            usage["completion_tokens"] += use.get("completion_tokens", 0)
+            add_usage(usage, use)
         return _json(200, envelope(chat, model, choices, False, usage))
 
     async def _stream(self, http: Request, model: str, request: GenerationRequest, n: int, chat: bool,
@@ -196,8 +195,7 @@ class Routes:
                 if error:
                     yield _event({"error": {"message": error, "type": "server_error", "param": None, "code": None}})
                     break
-                usage["prompt_tokens"] = run.usage.get("prompt_tokens", 0)
-                usage["completion_tokens"] += run.usage.get("completion_tokens", 0)
+                add_usage(usage, run.usage)
             if (body.get("stream_options") or {}).get("include_usage"):
                 yield _event(envelope(chat, model, [], True, usage, rid=rid))
             yield "data: [DONE]\n\n"
@@ -323,7 +321,7 @@ class Generation:
 
     def _account(self) -> None:
         done = self.usage.get("completion_tokens", 0)
-        self.server.metrics.usage(self.usage.get("prompt_tokens", 0), done)
+        self.server.metrics.usage(self.usage.get("prompt_tokens", 0), done, self.usage.get("cached_tokens", 0))
         if self.first_at is not None and done > 1:
             per_token = (time.perf_counter() - self.first_at) / (done - 1)
             self.server.metrics.observe("per_token", per_token)

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 from llmctl.backends.base import Chunk, GenerationRequest, Response
 from llmctl.backends.hf_decode import DecodeBatch
+from llmctl.backends.prefix_cache import PrefixCache
 from llmctl.errors import LlmctlError
 
 
@@ -47,8 +48,11 @@ class Job:
 
 
 class Batcher:
-    def __init__(self, backend, max_batch: int = 8, observe: Callable[[str, float], None] | None = None):
+    def __init__(self, backend, max_batch: int = 8, observe: Callable[[str, float], None] | None = None,
+                 prefix_cache_bytes: int = 0):
         self.backend, self.max_batch = backend, max_batch
+        # Prompts that begin alike (a system prompt, an agent's tools) are computed once: see prefix_cache.py
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.observe = observe or (lambda name, value: None)  # metrics: batch sizes
         self.waiting: list[Job] = []
         self.ready = threading.Condition()
@@ -56,6 +60,8 @@ class Batcher:
         self.closed = False
         self.running = 0
         self.stats = {"batches": 0, "largest_batch": 0, "finished": {}}  # for /health
+        if self.prefix_cache is not None:
+            self.stats["prefix_cache"] = self.prefix_cache.stats
         self.worker = threading.Thread(target=self._run, name=f"batcher-{backend.name}", daemon=True)
         self.worker.start()
         # A thread that ran torch must be finished before the interpreter exits: torch's per-thread pools
@@ -96,6 +102,10 @@ class Batcher:
             joining, self.waiting = self.waiting[:room], self.waiting[room:]
         return [job for job in joining if not job.cancelled.is_set()]
 
+    def _new_batch(self) -> DecodeBatch:
+        b = self.backend
+        return DecodeBatch(b.model, b.device, b.pad_id, b.eos_ids, b._token_info, self.prefix_cache)
+
     def _deliver(self, jobs: dict[int, Job], events) -> None:
         for row, chunk in events:
             job = jobs[id(row)]
@@ -106,8 +116,7 @@ class Batcher:
                 finished[chunk.finish_reason] = finished.get(chunk.finish_reason, 0) + 1
 
     def _run(self) -> None:
-        batch = DecodeBatch(self.backend.model, self.backend.device, self.backend.pad_id, self.backend.eos_ids,
-                            self.backend._token_info)
+        batch = self._new_batch()
         jobs: dict[int, Job] = {}
         while (joining := self._joiners(batch)) is not None:
             try:
@@ -127,8 +136,7 @@ class Batcher:
                 for job in jobs.values():
                     job.put(e)
                 jobs.clear()
-                batch = DecodeBatch(self.backend.model, self.backend.device, self.backend.pad_id,
-                                    self.backend.eos_ids, self.backend._token_info)
+                batch = self._new_batch()
         self._deliver(jobs, batch.cancel_all())
         self.running = 0
 

@@ -49,7 +49,7 @@ class Metrics:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.requests: dict[tuple, int] = {}
-        self.tokens = {"prompt": 0, "completion": 0}
+        self.tokens = {"prompt": 0, "completion": 0, "cached_prompt": 0}
         self.histograms = {"llmctl_time_to_first_token_seconds": Histogram(LATENCY_BUCKETS),
                            "llmctl_time_per_output_token_seconds": Histogram(LATENCY_BUCKETS),
                            "llmctl_batch_size": Histogram(BATCH_BUCKETS)}
@@ -60,10 +60,11 @@ class Metrics:
             key = (("route", route), ("status", str(status)))
             self.requests[key] = self.requests.get(key, 0) + 1
 
-    def usage(self, prompt: int, completion: int) -> None:
+    def usage(self, prompt: int, completion: int, cached: int = 0) -> None:
         with self.lock:
             self.tokens["prompt"] += prompt
             self.tokens["completion"] += completion
+            self.tokens["cached_prompt"] += cached  # prompt tokens read from the prefix cache, not computed
 
     def observe(self, name: str, value: float) -> None:
         with self.lock:
@@ -76,7 +77,8 @@ class Metrics:
             out = ["# HELP llmctl_requests_total HTTP requests answered, by route and status.",
                    "# TYPE llmctl_requests_total counter"]
             out += [f"llmctl_requests_total{_labels(k)} {v}" for k, v in sorted(self.requests.items())]
-            out += ["# HELP llmctl_tokens_total Tokens read (prompt) and generated (completion).",
+            out += ["# HELP llmctl_tokens_total Tokens read (prompt; cached_prompt: of those, read from the prefix"
+                    " cache) and generated (completion).",
                     "# TYPE llmctl_tokens_total counter"]
             out += [f'llmctl_tokens_total{{kind="{k}"}} {v}' for k, v in self.tokens.items()]
             for name, read in self.gauges.items():

@@ -175,6 +175,15 @@ def completion_logprobs(tokens: list[TokenInfo]) -> dict:
             "top_logprobs": [{c.token: _logprob(c.prob) for c in t.top} for t in tokens], "text_offset": []}
 
 
+def add_usage(usage: dict, use: dict) -> None:
+    """One choice's usage into the reply's: the prompt is the same for every choice (counted once),
+    completions add up; prompt tokens served from the prefix cache as OpenAI reports them."""
+    usage["prompt_tokens"] = use.get("prompt_tokens", 0)
+    usage["completion_tokens"] += use.get("completion_tokens", 0)
+    if "cached_tokens" in use:
+        usage["prompt_tokens_details"] = {"cached_tokens": use["cached_tokens"]}
+
+
 def envelope(chat: bool, model: str, choices: list, stream: bool, usage: dict | None = None, rid: str | None = None) -> dict:
     kind = ("chat.completion.chunk" if stream else "chat.completion") if chat else "text_completion"
     doc = {"id": rid or f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "object": kind,

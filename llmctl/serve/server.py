@@ -25,6 +25,8 @@ from llmctl.serve.batcher import Batcher
 from llmctl.serve.metrics import Metrics
 from llmctl.serve.openai_api import APIError
 
+# Keys and values of recent prompts kept per model (SmolLM2-135M: ~46 KB a token in float32, so ~5,700 tokens)
+DEFAULT_PREFIX_CACHE_MB = 256
 MAX_HEADER_BYTES = 16 * 1024  # headers and request line together: more is refused with a 400
 
 
@@ -103,10 +105,11 @@ class ModelServer:
                  api_key: str | None = None, max_queue: int = 16, default_max_tokens: int = 256,
                  max_batch: int = 8, protect_health: bool = False, *, max_tokens_limit: int = 4096,
                  cors: list[str] | None = None, access_log: bool = False, shutdown_timeout: float = 30.0,
-                 read_timeout: float = 30.0, keep_alive_timeout: float = 5.0, max_connections: int = 1024):
+                 read_timeout: float = 30.0, keep_alive_timeout: float = 5.0, max_connections: int = 1024,
+                 prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB):
         self.backends = backends
         self.metrics = Metrics()
-        self.batchers = self._batchers(backends, max_batch)
+        self.batchers = self._batchers(backends, max_batch, int(prefix_cache_mb * 2**20))
         self.api_key = api_key
         self.protect_health = protect_health  # /health says which models are loaded: private on some hosts
         self.max_queue, self.admitted = max_queue, 0
@@ -117,6 +120,8 @@ class ModelServer:
         self.known_routes = {"/health", "/v1/models", "/metrics", "/v1/embeddings", *GENERATION_ROUTES}
         self.metrics.gauges["llmctl_queue_depth"] = lambda: {n: b.queue_depth for n, b in self.batchers.items()}
         self.metrics.gauges["llmctl_running_rows"] = lambda: {n: b.running for n, b in self.batchers.items()}
+        self.metrics.gauges["llmctl_prefix_cache_bytes"] = lambda: {n: b.prefix_cache.used for n, b in self.batchers.items()
+                                                                   if b.prefix_cache is not None}
         self.metrics.gauges["llmctl_admitted_requests"] = lambda: {"all": self.admitted}
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -138,7 +143,7 @@ class ModelServer:
         self.finished = threading.Event()
         self.running = False
 
-    def _batchers(self, backends: dict[str, Backend], max_batch: int) -> dict[str, Batcher]:
+    def _batchers(self, backends: dict[str, Backend], max_batch: int, prefix_cache_bytes: int) -> dict[str, Batcher]:
         """One batcher per model in memory: adapters that share a base share its batcher (mixed batches)."""
         by_model: dict[int, Batcher] = {}
         out = {}
@@ -147,7 +152,8 @@ class ModelServer:
                 continue
             key = id(backend.model)
             if key not in by_model:
-                by_model[key] = Batcher(backend, max_batch, observe=self.metrics.observe)
+                by_model[key] = Batcher(backend, max_batch, observe=self.metrics.observe,
+                                        prefix_cache_bytes=prefix_cache_bytes)
             out[name] = by_model[key]
         return out
 
