@@ -66,27 +66,27 @@ def test_rows_that_reuse_cached_beginnings_get_their_solo_text(backend):
     assert cache.stats["reused_tokens"] > cache.stats["prompt_tokens"] / 2
 
 
-def layers(length: int, value: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    keys = torch.full((2, length, 4), value)  # 2 heads, head size 4: 32 bytes a token, 64 with the values
-    return [(keys, keys.clone())]
+def kv(length: int, value: float) -> tuple[torch.Tensor, torch.Tensor]:
+    keys = torch.full((1, 2, length, 4), value)  # 1 layer, 2 heads, head size 4: 32 bytes a token, 64 with values
+    return keys, keys.clone()
 
 
 def test_the_cache_keeps_to_its_budget_and_to_each_adapter():
     cache = PrefixCache(budget_bytes=2 * 10 * 64)  # two 10-token prompts
-    cache.put(None, list(range(10)), layers(10, 1.0))
-    cache.put(None, list(range(100, 110)), layers(10, 2.0))
+    cache.put(None, list(range(10)), *kv(10, 1.0))
+    cache.put(None, list(range(100, 110)), *kv(10, 2.0))
     assert cache.longest(None, list(range(10)) + [7])[1] == 10  # touched: now the most recently used
-    cache.put(None, list(range(200, 210)), layers(10, 3.0))  # over budget: the least recently used goes
+    cache.put(None, list(range(200, 210)), *kv(10, 3.0))  # over budget: the least recently used goes
     assert cache.used <= cache.budget and len(cache) == 2
     assert cache.longest(None, list(range(100, 110)))[0] is None
     entry, n = cache.longest(None, list(range(6)) + [99, 98])
-    assert n == 6 and float(entry.layers[0][0][0, 0, 0]) == 1.0
+    assert n == 6 and float(entry.keys[0, 0, 0, 0]) == 1.0
     assert cache.longest("an-adapter", list(range(10)) + [7]) == (None, 0)  # other weights, other keys
     assert cache.longest(None, [0, 1, 2, 50]) == (None, 0)  # below the shortest beginning worth reusing
-    cache.put(None, list(range(5)), layers(5, 4.0))  # a beginning of a cached prompt: nothing new to keep
+    cache.put(None, list(range(5)), *kv(5, 4.0))  # a beginning of a cached prompt: nothing new to keep
     assert len(cache) == 2
-    cache.put(None, list(range(12)), layers(12, 5.0))  # extends a cached prompt: replaces it (and, over
-    assert [e.ids.tolist() for e in cache.entries.values()] == [list(range(12))]  # budget, the other goes)
+    cache.put(None, list(range(12)), *kv(12, 5.0))  # extends a cached prompt: replaces it (and, over
+    assert [e.ids for e in cache.entries.values()] == [list(range(12))]  # budget, the other goes)
     assert cache.used == 12 * 64 <= cache.budget
 
 

@@ -220,10 +220,10 @@ class DecodeBatch:
         past = self._cached_past(starts, reused) if reused else None
         logits, past = self._forward([adapter for adapter, _ in prompts], ids, mask, past)
         if cache is not None and _mergeable(past):
+            keys, values = torch.stack([layer.keys for layer in past.layers]), torch.stack([layer.values for layer in past.layers])
             for slot, (adapter, prompt) in enumerate(prompts):
-                columns = mask[slot].bool()
-                cache.put(adapter, prompt, [(layer.keys[slot][:, columns], layer.values[slot][:, columns])
-                                            for layer in past.layers])
+                columns = mask[slot].nonzero().squeeze(1)  # the prompt's own tokens, padding left out
+                cache.put(adapter, prompt, keys[:, slot].index_select(2, columns), values[:, slot].index_select(2, columns))
         if cache is not None:
             for row, (_, n) in zip(rows or [], starts):
                 row.cached = n
@@ -235,23 +235,23 @@ class DecodeBatch:
         from transformers.cache_utils import DynamicCache
 
         some = next(entry for entry, n in starts if n)
-        layers = []
-        for index, (keys, values) in enumerate(some.layers):
-            blank = keys.new_zeros(keys.shape[0], length, keys.shape[2])
-            per_row = [(_left_pad(e.layers[index][0][:, :n], length, -2), _left_pad(e.layers[index][1][:, :n], length, -2))
-                       if n else (blank, blank) for e, n in starts]
-            layers.append((torch.stack([k for k, _ in per_row]), torch.stack([v for _, v in per_row])))
-        return DynamicCache(ddp_cache_data=layers)
+        layers, heads, _, size = some.keys.shape
+        blank = some.keys.new_zeros(layers, heads, length, size)
+        keys = torch.stack([_left_pad(e.keys[:, :, :n], length, 2) if n else blank for e, n in starts], dim=1)
+        values = torch.stack([_left_pad(e.values[:, :, :n], length, 2) if n else blank for e, n in starts], dim=1)
+        return DynamicCache(ddp_cache_data=list(zip(keys.unbind(0), values.unbind(0))))
 
     def _prefill_shared_beginnings(self, rows: list[DecodeRow]) -> None:
         """Rows arriving together that share a beginning nobody has cached yet (the same system prompt,
         the same question asked by several clients): compute each such beginning once, into the cache,
         so that the rows' own prefill reads it instead of computing it once per row."""
-        ids = {id(r): torch.tensor(r.prompt_ids) for r in rows}
         shared: dict[tuple, tuple[str | None, list[int]]] = {}
-        for row in rows:
-            others = [common_length(ids[id(row)], ids[id(o)]) for o in rows if o is not row and o.adapter == row.adapter]
-            length = min(max(others, default=0), len(row.prompt_ids) - 1)
+        # In sorted order, the prompt sharing the longest beginning with a prompt is next to it.
+        ordered = sorted(rows, key=lambda r: (r.adapter or "", r.prompt_ids))
+        for at, row in enumerate(ordered):
+            neighbours = [o for o in ordered[max(at - 1, 0):at + 2] if o is not row and o.adapter == row.adapter]
+            length = min(max((common_length(row.prompt_ids, o.prompt_ids) for o in neighbours), default=0),
+                         len(row.prompt_ids) - 1)
             if length >= MIN_REUSE and self.prefix_cache.longest(row.adapter, row.prompt_ids)[1] < length:
                 beginning = row.prompt_ids[:length]
                 shared[(row.adapter, *beginning)] = (row.adapter, beginning)
