@@ -1,12 +1,13 @@
 """Serving throughput: requests/s and time to first token at 1, 4 and 16 concurrent clients
 against `llmctl serve` with continuous batching (--max-batch 16) and without (1), and the same model's
 generation called in-process one request after another, in the same run; then the tokens/s of
-constrained decoding (a JSON schema) against free decoding, in-process.
+constrained decoding (a JSON schema) against free decoding, in-process. Every request asks its own
+question (see Prompts), so the server's prefix cache can reuse only what real users' prompts share.
 
 The server runs as its own process, as it would for users: in one process, a second thread running
 torch makes both threads' OpenMP pools compete for the cores, which would slow either side unfairly.
 
-    python bench/serve.py [--model smollm2] [--requests 16] [--max-tokens 16]
+    python bench/serve.py [--model smollm2] [--requests 16] [--max-tokens 16] [--prefix-cache MB]
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -31,13 +34,40 @@ from llmctl.prompting import open_backend, resolve_entry
 
 PROMPT = "Write one sentence about the sea."
 MODEL_NAME = "smollm2"  # set from --model: the server knows the model by the name it was given
+ADJECTIVES = ("the old", "a quiet", "a red", "the frozen", "a tiny", "the busy", "a broken", "the golden",
+              "a lonely", "the northern", "a wooden", "the hidden", "a noisy", "the ancient", "a bright")
+NOUNS = ("sea", "harbour", "kite", "river", "garden", "violin", "mountain", "library", "lantern", "forest",
+         "bridge", "market", "comet", "orchard", "train")
+
+
+class Prompts:
+    """Every request of a run its own question, as a service's users ask: they share only the chat
+    template's system prompt and "Write one sentence about " (a server may cache what prompts share,
+    so repeating one prompt would flatter it). 225 questions, in a fixed shuffled order."""
+
+    def __init__(self):
+        import random
+
+        self.questions = [f"Write one sentence about {a} {n}." for a in ADJECTIVES for n in NOUNS]
+        random.Random(0).shuffle(self.questions)
+        self.next = 0
+        self.lock = threading.Lock()
+
+    def take(self) -> str:
+        with self.lock:
+            self.next += 1
+            return self.questions[(self.next - 1) % len(self.questions)]
+
+
+PROMPTS = Prompts()
 
 
 def in_process(backend, requests: int, max_tokens: int) -> dict:
     start, firsts = time.perf_counter(), []
     for _ in range(requests):
         t0 = time.perf_counter()
-        response = backend.generate(GenerationRequest([Message("user", PROMPT)], SamplingParams(temperature=0, max_tokens=max_tokens)))
+        response = backend.generate(GenerationRequest([Message("user", PROMPTS.take())],
+                                                      SamplingParams(temperature=0, max_tokens=max_tokens)))
         first = None
         for _ in response:  # consume it all: leaving the loop early would stop the generation
             first = first or time.perf_counter() - t0
@@ -70,11 +100,24 @@ def constrained_vs_free(backend, requests: int, max_tokens: int) -> dict:
 
 
 def over_http(url: str, clients: int, requests: int, max_tokens: int) -> dict:
+    # One client object per concurrent user, made before the clock starts and kept (its connections
+    # too), as an application keeps its client: making one costs tens of milliseconds of the bench's
+    # own CPU, which 16 threads would pay again before every request, on the server's cores.
+    pool_of_clients = queue.SimpleQueue()
+    for _ in range(clients):
+        pool_of_clients.put(openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=600))
+
     def one(_):
-        c = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
+        c = pool_of_clients.get()
+        try:
+            return ask(c)
+        finally:
+            pool_of_clients.put(c)
+
+    def ask(c):
         t0 = time.perf_counter()
-        stream = c.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": PROMPT}], temperature=0,
-                                           max_tokens=max_tokens, stream=True)
+        stream = c.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": PROMPTS.take()}],
+                                           temperature=0, max_tokens=max_tokens, stream=True)
         first = None
         for _ in stream:
             first = first or time.perf_counter() - t0
@@ -90,15 +133,16 @@ def over_http(url: str, clients: int, requests: int, max_tokens: int) -> dict:
 class served:
     """`llmctl serve -m MODEL` in its own process on a free loopback port; stopped with SIGTERM."""
 
-    def __init__(self, model: str, max_batch: int):
+    def __init__(self, model: str, max_batch: int, prefix_cache_mb: float | None = None):
         self.model, self.max_batch = model, max_batch
+        self.extra = [] if prefix_cache_mb is None else ["--prefix-cache", str(prefix_cache_mb)]
 
     def __enter__(self) -> str:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.proc = subprocess.Popen([sys.executable, "-m", "llmctl", "serve", "-m", self.model, "--port", str(port),
-                                      "--max-batch", str(self.max_batch), "--max-queue", "64"],
+                                      "--max-batch", str(self.max_batch), "--max-queue", "64", *self.extra],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -164,6 +208,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--max-batches", default="1,16", help="Server --max-batch values to run, comma-separated.")
     parser.add_argument("--adapters", type=int, default=0, help="Only measure the memory of N adapters on one base.")
+    parser.add_argument("--prefix-cache", type=float, default=None, metavar="MB",
+                        help="The servers' --prefix-cache (default: theirs; 0 turns it off).")
     args = parser.parse_args()
     if args.adapters:
         print(json.dumps(shared_adapters(args.model, args.adapters), indent=2))
@@ -175,7 +221,7 @@ def main() -> None:
     before = in_process(backend, args.requests, args.max_tokens)
     runs = {}
     for max_batch in map(int, args.max_batches.split(",")):
-        with served(args.model, max_batch) as url:
+        with served(args.model, max_batch, args.prefix_cache) as url:
             over_http(url, 1, 1, args.max_tokens)  # warm-up
             for clients in (1, 4, 16):
                 runs[f"http_batch{max_batch}_{clients}_clients"] = over_http(url, clients, args.requests, args.max_tokens)
