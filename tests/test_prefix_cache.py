@@ -111,3 +111,14 @@ def test_the_server_reports_cached_prompt_tokens(backend):
         client = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0, timeout=30)
         ask(client, "Where is Paris?")
         assert ask(client, "Where is Lima?").usage.prompt_tokens_details is None
+
+
+def test_a_hash_collision_never_reuses_keys_of_another_prompt(monkeypatch):
+    import llmctl.backends.prefix_cache as prefix_cache
+
+    # Every prompt's beginnings hash alike by length: the worst collisions there could be.
+    monkeypatch.setattr(prefix_cache, "chain_of", lambda adapter, ids: list(range(len(ids))))
+    cache = PrefixCache(1 << 20)
+    cache.put(None, [1, 2, 3, 4, 5, 6, 7, 8], *kv(8, 1.0))
+    assert cache.longest(None, [1, 2, 3, 4, 5, 9, 9, 9])[1] == 5  # as far as they really agree
+    assert cache.longest(None, [7, 7, 7, 7, 7, 7, 7, 7]) == (None, 0)
