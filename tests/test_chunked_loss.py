@@ -89,11 +89,15 @@ def test_dpo_log_probs_in_chunks_equal_the_full_logits(tiny_chat_model, monkeypa
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
-def test_distillation_in_chunks_equals_the_full_logits(tiny_chat_model, monkeypatch):
+@pytest.mark.parametrize("frozen_head", [False, True])  # frozen: two terms a position, both slopes in forward
+def test_distillation_in_chunks_equals_the_full_logits(tiny_chat_model, monkeypatch, frozen_head):
     from llmctl.training.config import TrainConfig
 
     monkeypatch.setattr(chunked_loss, "CHUNK", CHUNK)
     model = _model(tiny_chat_model)
+    if frozen_head:
+        model.get_input_embeddings().requires_grad_(False)
+        model.get_output_embeddings().requires_grad_(False)
     teacher = _model(tiny_chat_model)
     with torch.no_grad():  # a teacher that differs from the student
         for p in teacher.parameters():
@@ -112,3 +116,38 @@ def test_distillation_in_chunks_equals_the_full_logits(tiny_chat_model, monkeypa
     assert float(chunked.detach()) == pytest.approx(float(full.detach()), abs=1e-5)
     for got, want in zip(_grads(model), expected):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_a_frozen_head_gets_its_gradient_in_forward_and_is_never_run_again(tiny_chat_model, monkeypatch):
+    """LoRA: the output layer is frozen, so each chunk's gradient to the hidden states is taken while its
+    logits exist; backward recomputes nothing, and values and gradients still equal the full logits'."""
+    monkeypatch.setattr(chunked_loss, "CHUNK", CHUNK)
+    model = _model(tiny_chat_model)
+    head = model.get_output_embeddings()
+    model.get_input_embeddings().requires_grad_(False)
+    head.requires_grad_(False)
+    batch = _batch(model.config.vocab_size)
+    logits = forward(model, batch).logits
+    full = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), batch["labels"].view(-1), ignore_index=IGNORE)
+    full.backward()
+    expected = _grads(model)
+    rows = []
+    real = torch.nn.Linear.forward
+    monkeypatch.setattr(torch.nn.Linear, "forward",
+                        lambda self, x: (rows.append(x.reshape(-1, x.size(-1)).size(0)) if self is head else None)
+                        or real(self, x))
+    chunked = lm_loss(model, batch)
+    chunked.backward()
+    assert float(chunked.detach()) == pytest.approx(float(full.detach()), abs=1e-5)
+    got = _grads(model)
+    assert len(got) == len(expected) > 0
+    for g, want in zip(got, expected):
+        torch.testing.assert_close(g, want, atol=1e-5, rtol=1e-4)
+    assert rows and max(rows) <= CHUNK and sum(rows) == batch["input_ids"].size(1)  # forward only
+
+
+def test_chunks_of_a_large_vocabulary_stay_under_the_logits_budget():
+    big = torch.nn.Linear(8, 49152, device="meta")
+    small = torch.nn.Linear(8, 320, device="meta")
+    assert chunked_loss.chunk_positions(big) * 49152 <= chunked_loss.LOGITS_PER_CHUNK
+    assert chunked_loss.chunk_positions(big) == 128 and chunked_loss.chunk_positions(small) == chunked_loss.CHUNK

@@ -1,6 +1,11 @@
 """Losses without the full float32 logits: the output layer runs on chunks of positions, each chunk's
-loss terms are computed at once and its logits dropped (recomputed in backward), so memory holds
-batch x length x vocab floats for one chunk, never for the whole batch, nor several copies of it.
+loss terms are computed at once and its logits dropped, so memory holds batch x length x vocab floats
+for one chunk, never for the whole batch, nor several copies of it.
+
+Backward needs each chunk's logits again. A frozen output layer (LoRA) gets its gradient to the hidden
+states while the chunk's logits are still there, in forward: nothing to recompute, one head matmul less
+per chunk. A trained one (pretraining) keeps only the hidden states and recomputes a chunk's logits in
+backward (checkpointing), since its weight gradient needs them.
 
 The model still runs through its own forward (DDP and FSDP see an ordinary call, FSDP gathers the
 head's weights as usual); only the output layer's forward is swapped for the time of the call.
@@ -14,7 +19,10 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.checkpoint import checkpoint
 
-CHUNK = 1024  # positions per chunk: ~4 MB of float32 logits per 1k-token vocabulary
+CHUNK = 1024  # positions per chunk at most
+# float32 logits per chunk at most: 24 MB, under glibc's largest mmap threshold (32 MB), so the chunks'
+# logits and their softmax come from the heap and are reused, not mapped and faulted in afresh each time
+LOGITS_PER_CHUNK = 6 * 2**20
 
 
 def output_layer(model) -> torch.nn.Module:
@@ -50,14 +58,55 @@ def hidden_and_head(model, run: Callable[[], object]) -> tuple[torch.Tensor, Cal
     return out.logits, real, out
 
 
+def chunk_positions(head: torch.nn.Module) -> int:
+    """Positions per chunk: CHUNK, or fewer where the vocabulary is large (LOGITS_PER_CHUNK)."""
+    vocab = getattr(head, "out_features", None)
+    return min(CHUNK, max(1, LOGITS_PER_CHUNK // vocab)) if vocab else CHUNK
+
+
+class FrozenHeadTerms(torch.autograd.Function):
+    """The terms of every chunk, and in the same pass their gradient to that chunk's hidden states: a
+    term depends only on its own position's logits, so its gradient to the hidden states is the slope
+    (term by hidden state, one row per position) times the gradient that reaches the term in backward."""
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, one_chunk: Callable, chunk: int) -> torch.Tensor:
+        values, slopes = [], []
+        for start in range(0, flat.size(0), chunk):
+            with torch.enable_grad():
+                piece = flat[start:start + chunk].detach().requires_grad_()
+                value = one_chunk(piece, start)
+                columns = value.reshape(value.size(0), -1)  # DPO and cross-entropy: one; distillation: two
+                slopes.append(torch.stack([_slope(columns[:, j], piece, j + 1 < columns.size(1))
+                                           for j in range(columns.size(1))], dim=1))
+            values.append(value.detach())
+        ctx.save_for_backward(torch.cat(slopes))
+        return torch.cat(values)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (slopes,) = ctx.saved_tensors  # (positions, terms per position, hidden)
+        grad = grad.reshape(slopes.size(0), slopes.size(1)).to(slopes.dtype)
+        return torch.einsum("pk,pkh->ph", grad, slopes), None, None
+
+
+def _slope(column: torch.Tensor, piece: torch.Tensor, keep_graph: bool) -> torch.Tensor:
+    if not column.requires_grad:
+        return torch.zeros_like(piece)
+    (slope,) = torch.autograd.grad(column.sum(), piece, retain_graph=keep_graph, allow_unused=True)
+    return torch.zeros_like(piece) if slope is None else slope
+
+
 def chunked_terms(model, run: Callable[[], object], terms: Callable[[torch.Tensor, slice], torch.Tensor],
                   chunk: int | None = None) -> tuple[torch.Tensor, object]:
     """Run the model's forward; instead of its (batch, length, vocab) logits, apply `terms(logits,
     positions)` to the float32 logits of each chunk of flattened positions and concatenate the
-    results: (per-position terms of the whole batch, the model's output)."""
+    results: (per-position terms of the whole batch, the model's output). `terms` gives one value (or
+    one row of values) per position, each from that position's logits alone."""
     head = output_layer(model)
     real = head.forward
-    chunk = chunk or CHUNK
+    chunk = chunk or chunk_positions(head)
+    frozen = not any(p.requires_grad for p in head.parameters())
     found: dict[str, torch.Tensor] = {}
 
     def one_chunk(hidden: torch.Tensor, start: int) -> torch.Tensor:
@@ -65,14 +114,13 @@ def chunked_terms(model, run: Callable[[], object], terms: Callable[[torch.Tenso
 
     def chunked(hidden: torch.Tensor) -> torch.Tensor:
         flat = hidden.reshape(-1, hidden.size(-1))
-        parts = []
-        for start in range(0, flat.size(0), chunk):
-            piece = flat[start:start + chunk]
-            if torch.is_grad_enabled():  # keep only the hidden states; the logits come back in backward
-                parts.append(checkpoint(one_chunk, piece, start, use_reentrant=False))
-            else:
-                parts.append(one_chunk(piece, start))
-        found["terms"] = torch.cat(parts)
+        if not (torch.is_grad_enabled() and flat.requires_grad):
+            found["terms"] = torch.cat([one_chunk(flat[s:s + chunk], s) for s in range(0, flat.size(0), chunk)])
+        elif frozen:
+            found["terms"] = FrozenHeadTerms.apply(flat, one_chunk, chunk)
+        else:  # keep only the hidden states; the logits come back in backward
+            found["terms"] = torch.cat([checkpoint(one_chunk, flat[s:s + chunk], s, use_reentrant=False)
+                                        for s in range(0, flat.size(0), chunk)])
         return found["terms"]  # what the model returns as "logits"; unused
 
     with _head_forward(head, chunked):
