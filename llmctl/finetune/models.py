@@ -7,6 +7,7 @@ import torch
 
 from llmctl.errors import UsageError
 from llmctl.finetune.config import FinetuneConfig
+from llmctl.finetune.fast_lora import use_fast_lora
 from llmctl.training.packed_attention import use_packed_attention
 
 
@@ -35,7 +36,8 @@ def choose_template(entry, tokenizer) -> str:
 
 
 def add_lora(model, cfg: FinetuneConfig, adapter_dir: str | None = None):
-    """A new LoRA adapter on `model`, or the adapter in `adapter_dir` to train further."""
+    """A new LoRA adapter on `model`, or the adapter in `adapter_dir` to train further; its layers train
+    through one fused function each where they can (finetune/fast_lora.py)."""
     from peft import LoraConfig, get_peft_model
 
     if cfg.qlora:
@@ -48,16 +50,20 @@ def add_lora(model, cfg: FinetuneConfig, adapter_dir: str | None = None):
     if adapter_dir:
         from llmctl.loading import attach_adapter
 
-        return attach_adapter(model, adapter_dir, trainable=True)
+        model = attach_adapter(model, adapter_dir, trainable=True)
+        use_fast_lora(model)
+        return model
     targets = cfg.targets or "all-linear"
     lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                       task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, lora)
+        model = get_peft_model(model, lora)
     except ValueError as e:
         linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise UsageError(f"--targets {','.join(cfg.targets or [])}: {str(e).splitlines()[0]}",
                          hint=f"this model's linear layers: {', '.join(linear)}") from None
+    use_fast_lora(model)
+    return model
 
 
 def load_merged(ref: str, config=None, packed: bool = False):
