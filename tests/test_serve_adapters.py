@@ -44,6 +44,20 @@ def param_bytes(models) -> int:
     return sum(seen.values())
 
 
+def decode_together(shared, request, cache=None):
+    """One row per backend (adapter or base) of the shared model, decoded in one batch: (rows, texts)."""
+    rows = [b.prepare_row(request) for b in shared]
+    first = shared[0]
+    batch = DecodeBatch(first.model, first.device, first.pad_id, first.eos_ids, first._token_info, cache)
+    texts = {id(r): "" for r in rows}
+    for row, chunk in batch.add(rows):
+        texts[id(row)] += chunk.text
+    while len(batch):
+        for row, chunk in batch.step():
+            texts[id(row)] += chunk.text
+    return rows, [texts[id(r)] for r in rows]
+
+
 def test_adapters_share_one_base_and_decode_in_one_batch(tiny_chat_model, adapters, monkeypatch, tmp_path):
     monkeypatch.setenv("LLMCTL_HOME", str(tmp_path / "home"))
     refs = [str(tiny_chat_model), *map(str, adapters)]
@@ -59,28 +73,12 @@ def test_adapters_share_one_base_and_decode_in_one_batch(tiny_chat_model, adapte
     expected = [m.generate(request).text() for m in (base, *alone)]
     assert len(set(expected)) == 4  # the adapters do change the output
     shared = list(backends.values())
-    rows = [b.prepare_row(request) for b in shared]
-    first = shared[0]
-    batch = DecodeBatch(first.model, first.device, first.pad_id, first.eos_ids, first._token_info)
-    texts = {id(r): "" for r in rows}
-    for row, chunk in batch.add(rows):
-        texts[id(row)] += chunk.text
-    while len(batch):
-        for row, chunk in batch.step():
-            texts[id(row)] += chunk.text
-    assert [texts[id(r)] for r in rows] == expected
+    assert decode_together(shared, request)[1] == expected
 
     cache = PrefixCache(16 << 20)  # the same prompt for every adapter: each keeps its own cached keys
     for round_ in range(2):
-        rows = [b.prepare_row(request) for b in shared]
-        batch = DecodeBatch(first.model, first.device, first.pad_id, first.eos_ids, first._token_info, cache)
-        texts = {id(r): "" for r in rows}
-        for row, chunk in batch.add(rows):
-            texts[id(row)] += chunk.text
-        while len(batch):
-            for row, chunk in batch.step():
-                texts[id(row)] += chunk.text
-        assert [texts[id(r)] for r in rows] == expected
+        rows, texts = decode_together(shared, request, cache)
+        assert texts == expected
         assert [r.cached for r in rows] == [len(r.prompt_ids) - 1 if round_ else 0 for r in rows]
     assert len(cache) == 4
 
