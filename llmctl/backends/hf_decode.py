@@ -219,12 +219,12 @@ class DecodeBatch:
                              for (_, n), rest in zip(starts, rests)], device=self.device)
         past = self._cached_past(starts, reused) if reused else None
         logits, past = self._forward([adapter for adapter, _ in prompts], ids, mask, past)
-        if cache is not None and _mergeable(past):
-            keys, values = torch.stack([layer.keys for layer in past.layers]), torch.stack([layer.values for layer in past.layers])
-            for slot, (adapter, prompt) in enumerate(prompts):
-                columns = mask[slot].nonzero().squeeze(1)  # the prompt's own tokens, padding left out
-                cache.put(adapter, prompt, keys[:, slot].index_select(2, columns), values[:, slot].index_select(2, columns))
         if cache is not None:
+            if _mergeable(past):
+                keys, values = torch.stack([layer.keys for layer in past.layers]), torch.stack([layer.values for layer in past.layers])
+                for slot, (adapter, prompt) in enumerate(prompts):
+                    columns = mask[slot].nonzero().squeeze(1)  # the prompt's own tokens, padding left out
+                    cache.put(adapter, prompt, keys[:, slot].index_select(2, columns), values[:, slot].index_select(2, columns))
             for row, (_, n) in zip(rows or [], starts):
                 row.cached = n
                 cache.record(len(row.prompt_ids), n)
