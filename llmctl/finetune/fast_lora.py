@@ -56,23 +56,45 @@ def _zeroed(flat: torch.Tensor, dtype: torch.dtype, positions: torch.Tensor | No
     return out.view(-1).index_fill_(0, positions, 0).view(flat.shape)
 
 
+def lora_forward(flat, weight, bias, lora_a, lora_b, scaling: float, p: float):
+    """flat W^T + bias + scaling * (dropout(flat) A^T) B^T for flat (tokens, in), with what backward keeps
+    of its own: the rank-r product A(dropout(x)) and the dropped positions. The LoRA branch runs in the
+    adapter's dtype (peft casts x to it), the base in x's own."""
+    drops = dropped_positions(flat.numel(), p, flat.device) if p > 0 else None
+    # dropout's 1 / (1 - p) is applied here, on rank-r columns, not on x
+    low_rank = (_zeroed(flat, lora_a.dtype, drops) @ lora_a.t()).mul_(1 / (1 - p))
+    out = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
+    if out.dtype == lora_a.dtype:
+        out.addmm_(low_rank, lora_b.t(), alpha=scaling)
+    else:  # as peft: the sum in the wider dtype, then back to the base's
+        wide = torch.promote_types(out.dtype, lora_a.dtype)
+        out = (out.to(wide) + (low_rank @ lora_b.t()).mul_(scaling).to(wide)).to(out.dtype)
+    return out, low_rank, drops
+
+
+def lora_backward(flat, flat_grad, weight, lora_a, lora_b, low_rank, drops, scaling: float, p: float,
+                  needs: tuple[bool, bool, bool]):
+    """The gradients (for flat, A, B; None where `needs` says no) of lora_forward's output."""
+    lora_grad = flat_grad.to(lora_a.dtype)
+    grad_b = (lora_grad.t() @ low_rank).mul_(scaling) if needs[2] else None
+    # the gradient reaching dropout(x) A^T, dropout's 1 / (1 - p) included
+    grad_low_rank = (lora_grad @ lora_b).mul_(scaling / (1 - p))
+    grad_a = grad_low_rank.t() @ _zeroed(flat, lora_a.dtype, drops) if needs[1] else None
+    grad_x = None
+    if needs[0]:
+        lora_part = grad_low_rank @ lora_a
+        if drops is not None:
+            lora_part.view(-1).index_fill_(0, drops, 0)
+        grad_x = torch.addmm(lora_part.to(flat_grad.dtype), flat_grad, weight)
+    return grad_x, grad_a, grad_b
+
+
 class FusedLoraLinear(torch.autograd.Function):
-    """y = x W^T + bias + scaling * (dropout(x) A^T) B^T, with W and bias frozen: gradients for x, A and B.
-    The LoRA branch runs in the adapter's dtype (peft casts x to it), the base in x's own."""
+    """y = x W^T + bias + scaling * (dropout(x) A^T) B^T, with W and bias frozen: gradients for x, A and B."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, p: float):
-        flat = x.reshape(-1, x.shape[-1])
-        drops = dropped_positions(flat.numel(), p, flat.device) if p > 0 else None
-        # A(dropout(x)), (tokens, rank): the only activation of its own kept for backward; dropout's
-        # 1 / (1 - p) is applied here, on rank-r columns, not on x.
-        low_rank = (_zeroed(flat, lora_a.dtype, drops) @ lora_a.t()).mul_(1 / (1 - p))
-        out = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
-        if out.dtype == lora_a.dtype:
-            out.addmm_(low_rank, lora_b.t(), alpha=scaling)
-        else:  # as peft: the sum in the wider dtype, then back to the base's
-            wide = torch.promote_types(out.dtype, lora_a.dtype)
-            out = (out.to(wide) + (low_rank @ lora_b.t()).mul_(scaling).to(wide)).to(out.dtype)
+        out, low_rank, drops = lora_forward(x.reshape(-1, x.shape[-1]), weight, bias, lora_a, lora_b, scaling, p)
         ctx.save_for_backward(x, weight, lora_a, lora_b, low_rank, drops)
         ctx.scaling, ctx.p = scaling, p
         return out.view(*x.shape[:-1], out.shape[-1])
@@ -80,23 +102,13 @@ class FusedLoraLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, lora_a, lora_b, low_rank, drops = ctx.saved_tensors
-        flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
-        lora_grad = flat_grad.to(lora_a.dtype)
-        grad_b = (lora_grad.t() @ low_rank).mul_(ctx.scaling) if ctx.needs_input_grad[4] else None
-        # the gradient reaching dropout(x) A^T, dropout's 1 / (1 - p) included
-        grad_low_rank = (lora_grad @ lora_b).mul_(ctx.scaling / (1 - ctx.p))
-        flat = x.reshape(-1, x.shape[-1])
-        grad_a = grad_low_rank.t() @ _zeroed(flat, lora_a.dtype, drops) if ctx.needs_input_grad[3] else None
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            lora_part = grad_low_rank @ lora_a
-            if drops is not None:
-                lora_part.view(-1).index_fill_(0, drops, 0)
-            grad_x = torch.addmm(lora_part.to(flat_grad.dtype), flat_grad, weight).view(x.shape)
-        return grad_x, None, None, grad_a, grad_b, None, None
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4])
+        grad_x, grad_a, grad_b = lora_backward(x.reshape(-1, x.shape[-1]), grad_out.reshape(-1, grad_out.shape[-1]),
+                                               weight, lora_a, lora_b, low_rank, drops, ctx.scaling, ctx.p, needs)
+        return grad_x.view(x.shape) if grad_x is not None else None, None, None, grad_a, grad_b, None, None
 
 
-def _fused_inputs(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> tuple | None:
+def fused_inputs(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> tuple | None:
     """FusedLoraLinear's inputs for this call, or None where peft's own forward must run (see the top)."""
     if args or any(v is not None for v in kwargs.values()) or not (layer.training and torch.is_grad_enabled()):
         return None
@@ -129,7 +141,7 @@ def fused_forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """The forward of a peft lora.Linear switched by use_fast_lora: fused where it can, peft's otherwise."""
     from peft.tuners.lora.layer import Linear
 
-    inputs = _fused_inputs(layer, x, args, kwargs)
+    inputs = fused_inputs(layer, x, args, kwargs)
     if inputs is None:
         return Linear.forward(layer, x, *args, **kwargs)
     with torch.autocast(x.device.type, enabled=False):

@@ -8,6 +8,7 @@ import torch
 from llmctl.errors import UsageError
 from llmctl.finetune.config import FinetuneConfig
 from llmctl.finetune.fast_lora import use_fast_lora
+from llmctl.finetune.fast_mlp import use_fast_mlp
 from llmctl.training.packed_attention import use_packed_attention
 
 
@@ -37,7 +38,8 @@ def choose_template(entry, tokenizer) -> str:
 
 def add_lora(model, cfg: FinetuneConfig, adapter_dir: str | None = None):
     """A new LoRA adapter on `model`, or the adapter in `adapter_dir` to train further; its layers train
-    through one fused function each where they can (finetune/fast_lora.py)."""
+    through one fused function each where they can (finetune/fast_lora.py), and gated MLPs with LoRA
+    on all three projections through one for the whole MLP (finetune/fast_mlp.py)."""
     from peft import LoraConfig, get_peft_model
 
     if cfg.qlora:
@@ -51,7 +53,7 @@ def add_lora(model, cfg: FinetuneConfig, adapter_dir: str | None = None):
         from llmctl.loading import attach_adapter
 
         model = attach_adapter(model, adapter_dir, trainable=True)
-        use_fast_lora(model)
+        _use_fused(model)
         return model
     targets = cfg.targets or "all-linear"
     lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
@@ -62,8 +64,13 @@ def add_lora(model, cfg: FinetuneConfig, adapter_dir: str | None = None):
         linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise UsageError(f"--targets {','.join(cfg.targets or [])}: {str(e).splitlines()[0]}",
                          hint=f"this model's linear layers: {', '.join(linear)}") from None
-    use_fast_lora(model)
+    _use_fused(model)
     return model
+
+
+def _use_fused(model) -> None:
+    use_fast_lora(model)
+    use_fast_mlp(model)
 
 
 def load_merged(ref: str, config=None, packed: bool = False):
