@@ -24,6 +24,7 @@ from llmctl.training.distributed import (WithStateDict, fsdp_requested, full_sta
                                          refuse_deepspeed, shard_model)
 from llmctl.training.metrics import MetricsLog, plot_loss
 from llmctl.training.optim import build_optimizer
+from llmctl.training.recompute import recomputing, use_recomputed_norms
 from llmctl.training.task import TrainTask
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
@@ -107,6 +108,11 @@ class Trainer:
                 raise UsageError(f"--fsdp trains with AdamW only, not --optimizer {self.cfg.optimizer}",
                                  hint="pass --optimizer adamw, or train without --fsdp")
             self.model = shard_model(self.model, self.cfg.fsdp_layers, self.device, precision)
+        # cheap activations recomputed in backward (training/recompute.py); the compiler plans its own
+        # memory, and FSDP frees the gathered weights the recipes would read between forward and backward
+        self.recompute = not self.cfg.compile and not self.fsdp
+        if self.recompute:
+            use_recomputed_norms(self.model)
         if self.cfg.compile:
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(self.model, self.cfg)
@@ -206,7 +212,8 @@ class Trainer:
             with acc.accumulate(self.model), acc.autocast():
                 if self.fsdp:
                     self.model.set_requires_gradient_sync(acc.sync_gradients)
-                loss = self.task.loss(self.model, batch)
+                with recomputing(self.recompute):
+                    loss = self.task.loss(self.model, batch)
                 acc.backward(loss)
             total += loss.detach() / c.grad_accum
         if not acc.sync_gradients:

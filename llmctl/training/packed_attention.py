@@ -15,10 +15,13 @@ transformers' own SDPA unchanged.
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
 import torch.nn.functional as F
+
+from llmctl.training.recompute import register
 
 NAME = "llmctl_packed_sdpa"
 # Architectures whose decoder layers pass position_ids through to the attention function, with plain
@@ -64,9 +67,9 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     if attention_mask is not None or key.shape[2] != length or kwargs.get("softcap") is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:  # one key/value head per query head: the fused kernels want equal head counts
-        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    # Grouped-query attention: the kernel reads each key/value head for its group of query heads
+    # (enable_gqa), so backward keeps the key/value heads as they are, not copies repeated per query head.
+    gqa = key.shape[1] != query.shape[1]
     position_ids = kwargs.get("position_ids")
     if position_ids is None:
         rows = [[(0, length)]] * query.shape[0]
@@ -76,13 +79,30 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
 
     def attend(rows_at: slice, start: int, end: int) -> torch.Tensor:
         return F.scaled_dot_product_attention(query[rows_at, :, start:end], key[rows_at, :, start:end],
-                                              value[rows_at, :, start:end], dropout_p=p, is_causal=True, scale=scaling)
+                                              value[rows_at, :, start:end], dropout_p=p, is_causal=True, scale=scaling,
+                                              enable_gqa=gqa)
 
     # Rows packed alike (the usual case: one packed row) go through together; otherwise each row on its own.
     groups = [(slice(None), rows[0])] if all(r == rows[0] for r in rows) else \
         [(slice(b, b + 1), row) for b, row in enumerate(rows)]
-    out = torch.cat([torch.cat([attend(at, s, e) for s, e in row], dim=2) for at, row in groups], dim=0)
-    return out.transpose(1, 2).contiguous(), None
+    outputs = [attend(at, s, e) for at, row in groups for s, e in row]
+    if len(outputs) == 1:
+        return outputs[0].transpose(1, 2).contiguous(), None
+    counts = tuple(len(row) for _, row in groups)
+    out = _joined(counts, *outputs)
+    # the kernel keeps each example's output for its backward: o_proj need not keep this copy as well
+    register(out, functools.partial(_joined, counts), *outputs)
+    return out, None
+
+
+def _joined(counts: tuple[int, ...], *outputs: torch.Tensor) -> torch.Tensor:
+    """(batch, L, heads, dim) from the examples' outputs (batch or 1, heads, length, dim), `counts` of them
+    to each row group, in order."""
+    rows, at = [], 0
+    for count in counts:
+        rows.append(torch.cat(outputs[at:at + count], dim=2))
+        at += count
+    return torch.cat(rows, dim=0).transpose(1, 2).contiguous()
 
 
 def packed_mask(batch_size: int, q_length: int, kv_length: int, attention_mask=None, **kwargs):
