@@ -106,6 +106,37 @@ def test_with_dropout_gradients_equal_a_reference_with_the_same_mask():
     assert 0 < len(drops) < x.numel()
 
 
+def test_a_dropout_mask_as_gpus_draw_it_trains_exactly_as_the_same_positions(monkeypatch):
+    import llmctl.finetune.fast_lora as fast
+
+    p = 0.3
+    model, layer = _one_layer(p)
+    x = torch.randn(3, 11, 24, generator=torch.Generator().manual_seed(4))
+    grad_out = torch.randn(3, 11, 40, generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(7)
+    positions = dropped_positions(x.numel(), p, x.device)
+    mask = torch.zeros(x.numel(), dtype=torch.bool)
+    mask[positions] = True
+    results = []
+    for drops in (positions, mask):
+        monkeypatch.setattr(fast, "draw_dropout", lambda count, p, device, drops=drops: drops)
+        model.zero_grad(set_to_none=True)
+        x_in = x.clone().requires_grad_()
+        y = model(x_in)
+        y.backward(grad_out)
+        results.append((y.detach(), x_in.grad, layer.lora_A["default"].weight.grad, layer.lora_B["default"].weight.grad))
+    for ours, theirs in zip(*results):
+        assert torch.equal(ours, theirs)
+
+
+def test_dropout_is_drawn_as_positions_on_the_cpu_and_as_a_mask_elsewhere():
+    from llmctl.finetune.fast_lora import draw_dropout
+
+    assert draw_dropout(100, 0.5, torch.device("cpu")).dtype == torch.int64
+    mask = draw_dropout(10_000, 0.25, torch.device("meta"))  # any other device: one draw per element
+    assert mask.dtype == torch.bool and mask.shape == (10_000,)
+
+
 @pytest.mark.parametrize("p", [0.05, 0.5])
 def test_dropout_drops_a_share_p_and_scales_the_rest(p):
     # identity A and B, a zero base, scaling 1: the layer's output is dropout(x) itself

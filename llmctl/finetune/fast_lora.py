@@ -6,7 +6,8 @@ for every adapted layer, a float copy of dropout(x) and a float mask, where q, k
 all read the same x. Here dropout draws only where the dropped elements are: the gaps between them are
 geometric, so p = 0.05 takes one draw per 20 elements, and each element is still dropped independently
 with probability p exactly. Backward keeps x itself (the tensor every layer reading it shares), the
-positions of the dropped elements and the small rank-r product, nothing of x's size of its own.
+positions of the dropped elements and the small rank-r product, nothing of x's size of its own. (On a
+GPU dropout is a bool mask, one byte an element, drawn without stopping the GPU: draw_dropout.)
 
 Anything else goes to peft's own forward, unchanged: eval mode or no gradient, several or no active
 adapters, merged or disabled adapters, a mixed-adapter batch (`adapter_names`, as serving sends), DoRA
@@ -47,20 +48,37 @@ def dropped_positions(count: int, p: float, device: torch.device) -> torch.Tenso
     return torch.cat(found) if found else torch.empty(0, dtype=torch.int64, device=device)
 
 
-def _zeroed(flat: torch.Tensor, dtype: torch.dtype, positions: torch.Tensor | None) -> torch.Tensor:
-    """flat in `dtype`, with the elements at `positions` (flat indices) set to zero: dropout before scaling."""
-    if positions is None:
+def draw_dropout(count: int, p: float, device: torch.device) -> torch.Tensor:
+    """What dropout p drops among `count` elements. On the CPU, their flat positions (dropped_positions):
+    one random number per element costs more there than the matmul beside it. Elsewhere a flat bool
+    mask, one draw per element: GPUs draw those fast, and the positions' count would have to be read
+    back to the host, stopping the GPU once per layer."""
+    if device.type == "cpu":
+        return dropped_positions(count, p, device)
+    return torch.rand(count, device=device) < p
+
+
+def _drop_(flat: torch.Tensor, drops: torch.Tensor) -> torch.Tensor:
+    """Zero, in place, the elements of `flat` that `drops` (positions or a mask, from draw_dropout) names."""
+    if drops.dtype == torch.bool:
+        return flat.masked_fill_(drops.view(flat.shape), 0)
+    return flat.view(-1).index_fill_(0, drops, 0).view(flat.shape)
+
+
+def _zeroed(flat: torch.Tensor, dtype: torch.dtype, drops: torch.Tensor | None) -> torch.Tensor:
+    """flat in `dtype`, with the dropped elements set to zero: dropout before scaling."""
+    if drops is None:
         return flat.to(dtype)
     out = torch.empty(flat.shape, dtype=dtype, device=flat.device)
     out.copy_(flat)
-    return out.view(-1).index_fill_(0, positions, 0).view(flat.shape)
+    return _drop_(out, drops)
 
 
 def lora_forward(flat, weight, bias, lora_a, lora_b, scaling: float, p: float):
     """flat W^T + bias + scaling * (dropout(flat) A^T) B^T for flat (tokens, in), with what backward keeps
     of its own: the rank-r product A(dropout(x)) and the dropped positions. The LoRA branch runs in the
     adapter's dtype (peft casts x to it), the base in x's own."""
-    drops = dropped_positions(flat.numel(), p, flat.device) if p > 0 else None
+    drops = draw_dropout(flat.numel(), p, flat.device) if p > 0 else None
     # dropout's 1 / (1 - p) is applied here, on rank-r columns, not on x
     low_rank = (_zeroed(flat, lora_a.dtype, drops) @ lora_a.t()).mul_(1 / (1 - p))
     out = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
@@ -84,7 +102,7 @@ def lora_backward(flat, flat_grad, weight, lora_a, lora_b, low_rank, drops, scal
     if needs[0]:
         lora_part = grad_low_rank @ lora_a
         if drops is not None:
-            lora_part.view(-1).index_fill_(0, drops, 0)
+            _drop_(lora_part, drops)
         grad_x = torch.addmm(lora_part.to(flat_grad.dtype), flat_grad, weight)
     return grad_x, grad_a, grad_b
 
