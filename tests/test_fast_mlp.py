@@ -72,13 +72,14 @@ def test_without_dropout_outputs_and_gradients_equal_peft():
     _assert_same(ours, theirs)
 
 
-def test_with_dropout_it_trains_exactly_as_three_fused_layers():
+@pytest.mark.parametrize("recompute", [True, False])
+def test_with_dropout_it_trains_exactly_as_three_fused_layers(recompute):
     # the same draws in the same order (gate, up, down): the same dropped elements, so the same numbers
     model = _lora(_llama(), dropout=0.3).train()
     use_fast_lora(model)
     embeds = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(3))
     layers_only = _step(model, embeds)
-    use_fast_mlp(model)
+    use_fast_mlp(model, recompute=recompute)
     paths = _mlp_paths(model)
     ours = _step(model, embeds)
     assert paths == [FUSED_MLP] * 2
@@ -100,15 +101,16 @@ def _saved_bytes(model, ids) -> int:
     return sum(storages.values())
 
 
-def test_the_mlp_keeps_half_as_much_for_backward():
+@pytest.mark.parametrize("recompute, fewer", [(False, 2), (True, 4)])
+def test_the_mlp_keeps_half_as_much_for_backward_or_nothing_of_its_width(recompute, fewer):
     model = _lora(_llama(intermediate_size=256), dropout=0.0).train()
     use_fast_lora(model)
     ids = torch.randint(0, 64, (1, 60), generator=torch.Generator().manual_seed(4))
     before = _saved_bytes(model, ids)
-    use_fast_mlp(model)
+    use_fast_mlp(model, recompute=recompute)
     after = _saved_bytes(model, ids)
-    # per token and layer the MLP kept 4 x 256 floats (gate, silu, up, product) and now keeps 2 x 256
-    assert before - after == pytest.approx(2 * 256 * 4 * 60 * 2, rel=0.05)
+    # per token and layer the MLP kept 4 x 256 floats (gate, silu, up, product); now 2 x 256 (gate, up) or none
+    assert before - after == pytest.approx(fewer * 256 * 4 * 60 * 2, rel=0.05)
 
 
 def test_what_it_is_not_made_for_runs_the_mlp_s_own_forward():

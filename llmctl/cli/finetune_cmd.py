@@ -57,6 +57,9 @@ def finetune(
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", min=1, help=f"[default: {DEFAULTS.train.eval_every}]")] = None,
     save_every: Annotated[Optional[int], typer.Option("--save-every", min=1, help=f"[default: {DEFAULTS.train.save_every}]")] = None,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")] = False,
+    keep_mlp_activations: Annotated[bool, typer.Option(
+        "--keep-mlp-activations", help="Keep the MLP's gate/up outputs for backward instead of recomputing them: "
+                                       "~10% faster on CPUs, more memory.")] = False,
     qlora: Annotated[bool, typer.Option("--qlora", help="4-bit base (CUDA + bitsandbytes).")] = False,
     fsdp: Annotated[bool, typer.Option("--fsdp", help="Fully sharded training (FSDP2) under torchrun / accelerate launch.")] = False,
     fsdp_layers: Annotated[Optional[str], typer.Option("--fsdp-layers", help="Layer classes sharded one by one, comma-separated (default: the model's decoder layer).")] = None,
@@ -95,6 +98,7 @@ def finetune(
                 dropout=dropout, targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None,
                 epochs=epochs, max_length=max_length, eval_split=eval_split, name=name, resume=resume),
         train=train, columns=columns, skip_bad_rows=skip_bad_rows, gradient_checkpointing=gradient_checkpointing,
+        keep_mlp_activations=keep_mlp_activations,
         qlora=qlora, register=not no_register,
         dpo=DPOSettings(**given(beta=beta, label_smoothing=label_smoothing)),
         distill=DistillSettings(**given(teacher=teacher, temperature=distill_temperature, alpha=distill_alpha)))

@@ -65,6 +65,7 @@ class FinetuneConfig:
     max_length: int | None = None  # None: the model's context, at most 2048
     eval_split: float = 0.1
     gradient_checkpointing: bool = False
+    keep_mlp_activations: bool = False  # keep gate/up outputs for backward: faster, more memory (fast_mlp.py)
     qlora: bool = False
     name: str | None = None  # None: the output directory's name
     resume: str | None = None

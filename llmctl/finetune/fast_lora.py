@@ -81,13 +81,18 @@ def lora_forward(flat, weight, bias, lora_a, lora_b, scaling: float, p: float):
     drops = draw_dropout(flat.numel(), p, flat.device) if p > 0 else None
     # dropout's 1 / (1 - p) is applied here, on rank-r columns, not on x
     low_rank = (_zeroed(flat, lora_a.dtype, drops) @ lora_a.t()).mul_(1 / (1 - p))
+    return lora_output(flat, weight, bias, low_rank, lora_b, scaling), low_rank, drops
+
+
+def lora_output(flat, weight, bias, low_rank, lora_b, scaling: float) -> torch.Tensor:
+    """flat W^T + bias + scaling * low_rank B^T: the layer's output from its rank-r product (the same
+    operations whether in forward or recomputed in backward, so the same bits)."""
     out = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
-    if out.dtype == lora_a.dtype:
-        out.addmm_(low_rank, lora_b.t(), alpha=scaling)
-    else:  # as peft: the sum in the wider dtype, then back to the base's
-        wide = torch.promote_types(out.dtype, lora_a.dtype)
-        out = (out.to(wide) + (low_rank @ lora_b.t()).mul_(scaling).to(wide)).to(out.dtype)
-    return out, low_rank, drops
+    if out.dtype == low_rank.dtype:
+        return out.addmm_(low_rank, lora_b.t(), alpha=scaling)
+    # as peft: the sum in the wider dtype, then back to the base's
+    wide = torch.promote_types(out.dtype, low_rank.dtype)
+    return (out.to(wide) + (low_rank @ lora_b.t()).mul_(scaling).to(wide)).to(out.dtype)
 
 
 def lora_backward(flat, flat_grad, weight, lora_a, lora_b, low_rank, drops, scaling: float, p: float,

@@ -53,7 +53,7 @@ def add_lora(model, cfg: FinetuneConfig, adapter_dir: str | None = None):
         from llmctl.loading import attach_adapter
 
         model = attach_adapter(model, adapter_dir, trainable=True)
-        _use_fused(model)
+        _use_fused(model, cfg)
         return model
     targets = cfg.targets or "all-linear"
     lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
@@ -64,13 +64,13 @@ def add_lora(model, cfg: FinetuneConfig, adapter_dir: str | None = None):
         linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise UsageError(f"--targets {','.join(cfg.targets or [])}: {str(e).splitlines()[0]}",
                          hint=f"this model's linear layers: {', '.join(linear)}") from None
-    _use_fused(model)
+    _use_fused(model, cfg)
     return model
 
 
-def _use_fused(model) -> None:
+def _use_fused(model, cfg: FinetuneConfig) -> None:
     use_fast_lora(model)
-    use_fast_mlp(model)
+    use_fast_mlp(model, recompute=not cfg.keep_mlp_activations)
 
 
 def load_merged(ref: str, config=None, packed: bool = False):
