@@ -118,6 +118,29 @@ def test_distillation_in_chunks_equals_the_full_logits(tiny_chat_model, monkeypa
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+def test_a_batch_that_is_one_chunk_runs_a_trained_head_once(tiny_chat_model, monkeypatch):
+    """Pretraining's small batches: one chunk holds every position, so its logits are kept for backward
+    instead of recomputed (memory holds one chunk either way); the same values and gradients."""
+    model = _model(tiny_chat_model)
+    batch = _batch(model.config.vocab_size)
+    logits = forward(model, batch).logits
+    full = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), batch["labels"].view(-1), ignore_index=IGNORE)
+    full.backward()
+    expected = _grads(model)
+    head = model.get_output_embeddings()
+    rows = []
+    real = torch.nn.Linear.forward
+    monkeypatch.setattr(torch.nn.Linear, "forward",
+                        lambda self, x: (rows.append(x.reshape(-1, x.size(-1)).size(0)) if self is head else None)
+                        or real(self, x))
+    chunked = lm_loss(model, batch)
+    chunked.backward()
+    assert float(chunked.detach()) == pytest.approx(float(full.detach()), abs=1e-5)
+    for got, want in zip(_grads(model), expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert rows == [batch["input_ids"].size(1)]  # forward only, every position at once
+
+
 def test_a_frozen_head_gets_its_gradient_in_forward_and_is_never_run_again(tiny_chat_model, monkeypatch):
     """LoRA: the output layer is frozen, so each chunk's gradient to the hidden states is taken while its
     logits exist; backward recomputes nothing, and values and gradients still equal the full logits'."""
