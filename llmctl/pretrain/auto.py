@@ -2,9 +2,10 @@
 machine's measured speed. `choose` is a pure function of those three, so each rule can be tested.
 
 The rules start from compute-optimal scaling (a budget buys C FLOPs; a model of N hidden parameters
-costs ~6N per token, Chinchilla) but use the ratio measured at this scale: the best of the hand-tuned
-90-second CPU runs in bench/RESULTS.md (4 layers x 128, ~0.8M hidden parameters) saw ~0.8-1M tokens,
-about one token per hidden parameter, not Chinchilla's twenty.
+costs ~6N per token, Chinchilla) but use the ratio measured at this scale: in 90-second CPU runs
+(bench/RESULTS.md, 2026-12-04) 3 layers x 96 (0.33M hidden parameters, ~2.4M tokens: ~7 a parameter)
+beat 4 x 128 (0.79M, ~1.3M tokens: ~1.7) and 2 x 128 at equal time; Chinchilla's twenty is for far larger
+budgets.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from llmctl.errors import UsageError
 
 # (layers, width): the ladder of shapes, from a few seconds of CPU to a GPU-day. Heads are 32 wide.
 SHAPES = ((2, 64), (3, 96), (4, 128), (4, 192), (6, 256), (6, 384), (8, 512), (12, 768), (16, 1024))
-TOKENS_PER_PARAM = 1.0  # tokens seen per hidden parameter at the best shape for a budget (measured, small scale)
-# Optimizer steps a run should get. Fewer, larger batches learn less per token at this scale: in one 90 s
-# run (bench/RESULTS.md, 2026-12-03) the 4x128 BPE-2048 model reached 0.868x the baseline's bits/char at
-# 16 x 128 tokens a step (518 steps) and 0.836x at 8 x 128 (1,022 steps), at the same tokens/s; 4 x 128 halved
-# the tokens/s and lost (0.906x).
-TARGET_STEPS = 1000
+TOKENS_PER_PARAM = 4.0  # tokens seen per hidden parameter at the best shape for a budget (measured, small scale)
+# Optimizer steps a run should get. Fewer, larger batches learn less per token at this scale: 8 x 128 tokens
+# a step beat 16 x 128 at the same tokens/s in every pair measured (4x128 in 2026-12-03's runs, 3x96 with
+# AdamW or Muon and vocabularies of 1,024 or 2,048 in 2026-12-04's: bench/RESULTS.md); 4 x 128 halved the
+# tokens/s and lost. A 90 s CPU run of 3x96 gets ~2,400 steps of 8 x 128 (the smallest batch allowed).
+TARGET_STEPS = 3000
 MIN_BATCH_TOKENS, MAX_BATCH_TOKENS = 1024, 512 * 1024
 MIN_BPE_CORPUS = 100_000  # bytes: below this a BPE vocabulary of even 512 is mostly noise; use characters
 STEP_BUDGET_BATCH = 2048  # tokens a step when the budget is --max-steps
@@ -92,10 +93,12 @@ def choose_shape(budget_tokens, flops_per_s: float | None, seconds: float | None
     return best
 
 
-def choose(budget: Budget, corpus_bytes: int, flops_per_s: float | None, given: dict[str, Any]) -> Choices:
+def choose(budget: Budget, corpus_bytes: int, flops_per_s: float | None, given: dict[str, Any],
+           sharded: bool = False) -> Choices:
     """Every setting not in `given` (tokenizer, vocab_size, layers, heads, width, context, batch_size,
     lr, min_lr, warmup_steps, eval_every, save_every, optimizer, muon_lr), with a reason each.
-    `flops_per_s`: the training FLOP rate measured here (needed only for a time budget)."""
+    `flops_per_s`: the training FLOP rate measured here (needed only for a time budget); `sharded`:
+    the run is fully sharded (FSDP), which trains with AdamW only."""
     out = Choices()
     choose_tokenizer(corpus_bytes, given, out)
     tokenizer = given.get("tokenizer", out.values.get("tokenizer"))
@@ -132,7 +135,7 @@ def choose(budget: Budget, corpus_bytes: int, flops_per_s: float | None, given: 
         raise UsageError(f"--max-tokens {budget.tokens} is less than one sequence of {context} tokens",
                          hint="give a larger --max-tokens")
     steps = budget.steps or max(1, int(tokens // (batch * context)))
-    _choose_optimisation(out, given, width, steps)
+    _choose_optimisation(out, given, width, steps, sharded)
     epochs = tokens * CHARS_PER_TOKEN.get(tokenizer, 3.5) / max(1, corpus_bytes)
     if "batch_size" in out.reasons:
         out.reasons["batch_size"] += f"; ~{steps:,} steps, ~{epochs:.1f} passes over the corpus"
@@ -143,17 +146,23 @@ def _batch_tokens(tokens: float) -> int:
     return min(MAX_BATCH_TOKENS, max(MIN_BATCH_TOKENS, _pow2(tokens / TARGET_STEPS)))
 
 
-def _choose_optimisation(out: Choices, given: dict[str, Any], width: int, steps: int) -> None:
-    optimizer = given.get("optimizer", "adamw")
-    # Muon learns more per step, but on CPU its Newton-Schulz steps cost more time than that gains:
-    # at equal time AdamW reached 3-5% fewer bits/char in both runs of bench/pretrain.py (bench/RESULTS.md).
-    _maybe(out, given, "optimizer", "adamw", "beat Muon at equal time on CPU (bench/RESULTS.md); try --optimizer muon on a GPU")
+def _choose_optimisation(out: Choices, given: dict[str, Any], width: int, steps: int, sharded: bool) -> None:
+    optimizer = given.get("optimizer", "adamw" if sharded else "muon")
+    # Muon learns more per step and, at the shapes chosen here, more per second too: at equal time it reached
+    # 0.6-2.2% fewer bits/char than AdamW in all four pairs of 2026-12-04's runs (bench/RESULTS.md). Its
+    # Newton-Schulz steps cost ~15 matmuls of width^3 a matrix a step, so it gains more with larger batches.
+    if sharded:  # Muon orthogonalises whole matrices; FSDP gives each process a shard of each
+        _maybe(out, given, "optimizer", "adamw", "fully sharded (FSDP) runs train with AdamW")
+    else:
+        _maybe(out, given, "optimizer", "muon", "fewer bits/char than AdamW at equal time in every pair measured (bench/RESULTS.md)")
     # AdamW's rate falls as 1/width past 128 (3e-3 at 128 wide, 5e-4 at 768: GPT-2's 6e-4).
     lr = given.get("lr") or min(3e-3, 3e-3 * 128 / width)
     _maybe(out, given, "lr", lr, "3e-3 x 128/width, at most 3e-3" + (" (embeddings, norms, output)" if optimizer == "muon" else ""))
     if optimizer == "muon":
         _maybe(out, given, "muon_lr", 0.02, "Muon's rate for hidden matrices (modded-nanogpt scale, per matrix shape)")
-    _maybe(out, given, "min_lr", lr / 10, "a tenth of --lr at the end of the cosine")
+    # Decaying to zero: no worse than to a tenth at this scale (bench/RESULTS.md), and better in the
+    # literature on longer runs (e.g. "Straight to Zero", Bergsma et al. 2025).
+    _maybe(out, given, "min_lr", 0.0, "the cosine decays to zero by the end of the budget")
     _maybe(out, given, "warmup_steps", max(5, min(200, steps // 15)), "~7% of the steps, 5 to 200")
     every = max(50, steps // 3)
     _maybe(out, given, "eval_every", every, "a few evaluations: they count against the budget")

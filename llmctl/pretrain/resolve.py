@@ -93,7 +93,9 @@ def fill_in(cfg: PretrainConfig, note: Callable[[str], None], flops_source: Call
         if budget.seconds is not None:
             vocab = given.get("vocab_size") or choose(Budget(steps=1), size, None, given).values.get("vocab_size", 2048)
             flops = flops_source(lambda: measure_flops(vocab if given.get("tokenizer") != "char" else 256))
-        choices = choose(budget, size, flops, given)
+        from llmctl.training.distributed import fsdp_requested
+
+        choices = choose(budget, size, flops, given, sharded=fsdp_requested(cfg.train.fsdp))
         apply(cfg, choices.values)
         cfg.chosen = {k: f"{v} ({choices.reasons[k]})" for k, v in choices.values.items()}
         note(render(choices, flops))
