@@ -114,3 +114,14 @@ def test_a_fully_sharded_run_chooses_adamw(tmp_path, monkeypatch, how):
     plain.train.max_steps = 10
     fill_in(plain, lambda line: None, lambda measure: measure())
     assert plain.train.optimizer == "muon"
+
+
+def test_a_given_shape_gets_the_batch_and_steps_its_own_speed_buys():
+    """--preset tiny (4x128) on a machine where the chooser would pick 3x96: the batch, warmup and
+    evaluation cadence follow the tokens 90 s buy for 4x128, not for the shape it did not train."""
+    shape = {"layers": 4, "width": 128, "heads": 4, "context": 128}
+    assert choose(Budget(seconds=90), SHAKESPEARE_BYTES, RECIPE_RATE, {}).values["width"] == 96
+    c = choose(Budget(seconds=90), SHAKESPEARE_BYTES, RECIPE_RATE, shape).values
+    steps = 9.1e3 * 90 // (c["batch_size"] * 128)  # RECIPE_RATE is 9.1K tokens/s of 4x128
+    assert c["batch_size"] == 8 and steps == 799
+    assert c["warmup_steps"] == steps // 15 and c["eval_every"] == steps // 3

@@ -110,7 +110,7 @@ def choose(budget: Budget, corpus_bytes: int, flops_per_s: float | None, given: 
     # A token budget is the tokens; a step budget, steps of STEP_BUDGET_BATCH tokens; a time budget, FLOPs.
     fixed = budget.tokens or (budget.steps * STEP_BUDGET_BATCH if budget.steps else None)
     layers, width, tokens = choose_shape(fixed, flops_per_s, budget.seconds, vocab)
-    why = (f"~{tokens / 1e6:.2f}M tokens in the budget feed ~{TOKENS_PER_PARAM:g} token per hidden parameter "
+    why = (f"~{tokens / 1e6:.2f}M tokens in the budget feed ~{TOKENS_PER_PARAM:g} tokens per hidden parameter "
            f"({hidden_params(layers, width) / 1e6:.2f}M)")
     width = given.get("width", width)
     layers = given.get("layers", layers)
@@ -123,6 +123,8 @@ def choose(budget: Budget, corpus_bytes: int, flops_per_s: float | None, given: 
         context = min(context, max(16, limit))
         out.set("context", context, "short for small models: attention costs grow with context, small models use little"
                 if context == context_for(width) else "the corpus is short")
+    if budget.seconds is not None:  # what the budget buys for the shape trained, which a flag may have set
+        tokens = flops_per_s * budget.seconds / flops_per_token(layers, width, context, vocab)
     batch_tokens = STEP_BUDGET_BATCH if budget.steps else _batch_tokens(tokens)
     batch = given.get("batch_size") or max(1, batch_tokens // context)
     _maybe(out, given, "batch_size", batch, f"~{batch_tokens:,} tokens a step: about {TARGET_STEPS} optimizer steps")
