@@ -38,20 +38,41 @@ def _grads(model) -> list[torch.Tensor]:
     return grads
 
 
+def _full_cross_entropy(model, batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The reference: cross-entropy over the whole batch's logits, and the gradients it gives."""
+    logits = forward(model, batch).logits
+    full = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), batch["labels"].view(-1), ignore_index=IGNORE)
+    full.backward()
+    return full, _grads(model)
+
+
+def _assert_lm_loss_matches(model, batch, full: torch.Tensor, expected: list[torch.Tensor]) -> None:
+    chunked = lm_loss(model, batch)
+    chunked.backward()
+    assert float(chunked.detach()) == pytest.approx(float(full.detach()), abs=1e-5)
+    got = _grads(model)
+    assert len(got) == len(expected) > 0
+    for g, want in zip(got, expected):
+        torch.testing.assert_close(g, want, atol=1e-5, rtol=1e-4)
+
+
+def _rows_through(head: torch.nn.Module, monkeypatch) -> list[int]:
+    """The number of positions in each call of the output layer, appended as calls happen."""
+    rows = []
+    real = torch.nn.Linear.forward
+    monkeypatch.setattr(torch.nn.Linear, "forward",
+                        lambda self, x: (rows.append(x.reshape(-1, x.size(-1)).size(0)) if self is head else None)
+                        or real(self, x))
+    return rows
+
+
 def test_cross_entropy_in_chunks_equals_the_full_logits(tiny_chat_model, monkeypatch):
     monkeypatch.setattr(chunked_loss, "CHUNK", CHUNK)
     model = _model(tiny_chat_model)
     batch = _batch(model.config.vocab_size)
-    logits = forward(model, batch).logits
-    full = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), batch["labels"].view(-1), ignore_index=IGNORE)
-    full.backward()
-    expected = _grads(model)
+    full, expected = _full_cross_entropy(model, batch)
     head = model.get_output_embeddings()
-    chunked = lm_loss(model, batch)
-    chunked.backward()
-    assert float(chunked.detach()) == pytest.approx(float(full.detach()), abs=1e-5)
-    for got, want in zip(_grads(model), expected):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    _assert_lm_loss_matches(model, batch, full, expected)
     assert "forward" not in head.__dict__  # the output layer's own forward is back
 
 
@@ -60,11 +81,7 @@ def test_the_output_layer_never_sees_more_than_a_chunk(tiny_chat_model, monkeypa
     model = _model(tiny_chat_model)
     batch = _batch(model.config.vocab_size)
     head = model.get_output_embeddings()
-    rows = []
-    real = torch.nn.Linear.forward
-    monkeypatch.setattr(torch.nn.Linear, "forward",
-                        lambda self, x: (rows.append(x.reshape(-1, x.size(-1)).size(0)) if self is head else None)
-                        or real(self, x))
+    rows = _rows_through(head, monkeypatch)
     lm_loss(model, batch).backward()  # backward recomputes each chunk's logits
     length = batch["input_ids"].size(1)
     assert rows and max(rows) <= CHUNK and sum(rows) == 2 * length  # forward + recomputation
@@ -123,21 +140,10 @@ def test_a_batch_that_is_one_chunk_runs_a_trained_head_once(tiny_chat_model, mon
     instead of recomputed (memory holds one chunk either way); the same values and gradients."""
     model = _model(tiny_chat_model)
     batch = _batch(model.config.vocab_size)
-    logits = forward(model, batch).logits
-    full = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), batch["labels"].view(-1), ignore_index=IGNORE)
-    full.backward()
-    expected = _grads(model)
+    full, expected = _full_cross_entropy(model, batch)
     head = model.get_output_embeddings()
-    rows = []
-    real = torch.nn.Linear.forward
-    monkeypatch.setattr(torch.nn.Linear, "forward",
-                        lambda self, x: (rows.append(x.reshape(-1, x.size(-1)).size(0)) if self is head else None)
-                        or real(self, x))
-    chunked = lm_loss(model, batch)
-    chunked.backward()
-    assert float(chunked.detach()) == pytest.approx(float(full.detach()), abs=1e-5)
-    for got, want in zip(_grads(model), expected):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    rows = _rows_through(head, monkeypatch)
+    _assert_lm_loss_matches(model, batch, full, expected)
     assert rows == [batch["input_ids"].size(1)]  # forward only, every position at once
 
 
@@ -150,22 +156,9 @@ def test_a_frozen_head_gets_its_gradient_in_forward_and_is_never_run_again(tiny_
     model.get_input_embeddings().requires_grad_(False)
     head.requires_grad_(False)
     batch = _batch(model.config.vocab_size)
-    logits = forward(model, batch).logits
-    full = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), batch["labels"].view(-1), ignore_index=IGNORE)
-    full.backward()
-    expected = _grads(model)
-    rows = []
-    real = torch.nn.Linear.forward
-    monkeypatch.setattr(torch.nn.Linear, "forward",
-                        lambda self, x: (rows.append(x.reshape(-1, x.size(-1)).size(0)) if self is head else None)
-                        or real(self, x))
-    chunked = lm_loss(model, batch)
-    chunked.backward()
-    assert float(chunked.detach()) == pytest.approx(float(full.detach()), abs=1e-5)
-    got = _grads(model)
-    assert len(got) == len(expected) > 0
-    for g, want in zip(got, expected):
-        torch.testing.assert_close(g, want, atol=1e-5, rtol=1e-4)
+    full, expected = _full_cross_entropy(model, batch)
+    rows = _rows_through(head, monkeypatch)
+    _assert_lm_loss_matches(model, batch, full, expected)
     assert rows and max(rows) <= CHUNK and sum(rows) == batch["input_ids"].size(1)  # forward only
 
 
