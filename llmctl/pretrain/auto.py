@@ -149,14 +149,14 @@ def _batch_tokens(tokens: float) -> int:
 
 
 def _choose_optimisation(out: Choices, given: dict[str, Any], width: int, steps: int, sharded: bool) -> None:
-    optimizer = given.get("optimizer", "adamw" if sharded else "muon")
     # Muon learns more per step and, at the shapes chosen here, more per second too: at equal time it reached
     # 0.6-2.2% fewer bits/char than AdamW in all four pairs of 2026-12-04's runs (bench/RESULTS.md). Its
     # Newton-Schulz steps cost ~15 matmuls of width^3 a matrix a step, so it gains more with larger batches.
-    if sharded:  # Muon orthogonalises whole matrices; FSDP gives each process a shard of each
-        _maybe(out, given, "optimizer", "adamw", "fully sharded (FSDP) runs train with AdamW")
-    else:
-        _maybe(out, given, "optimizer", "muon", "fewer bits/char than AdamW at equal time in every pair measured (bench/RESULTS.md)")
+    # It orthogonalises whole matrices, and FSDP gives each process a shard of each: sharded runs get AdamW.
+    default, why = (("adamw", "fully sharded (FSDP) runs train with AdamW") if sharded else
+                    ("muon", "fewer bits/char than AdamW at equal time in every pair measured (bench/RESULTS.md)"))
+    optimizer = given.get("optimizer", default)
+    _maybe(out, given, "optimizer", default, why)
     # AdamW's rate falls as 1/width past 128 (3e-3 at 128 wide, 5e-4 at 768: GPT-2's 6e-4).
     lr = given.get("lr") or min(3e-3, 3e-3 * 128 / width)
     _maybe(out, given, "lr", lr, "3e-3 x 128/width, at most 3e-3" + (" (embeddings, norms, output)" if optimizer == "muon" else ""))
