@@ -9,12 +9,17 @@ dropped from the cache, and padding columns no row needs any more are cut off.
 
 With a prefix cache (the server's), a joining row's prompt is computed only past the longest
 beginning it shares with a prompt seen before, and rows that join together and share a beginning
-nobody has cached compute it once between them (prefix_cache.py).
+nobody has cached compute it once between them (prefix_cache.py), when that saves more than the
+extra pass costs. With a pass-cost estimate (the server's), rows that join together are prefilled in
+the passes that give them the least total wait for their first token (pass_cost.py).
 """
 
 from __future__ import annotations
 
+import bisect
 import inspect
+import itertools
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -22,6 +27,7 @@ import torch
 
 from llmctl.backends.base import Chunk, GenerationRequest, TokenInfo
 from llmctl.backends.detokenize import StreamDetokenizer
+from llmctl.backends.pass_cost import PassCost
 from llmctl.backends.prefix_cache import MIN_REUSE, CachedPrompt, PrefixCache, common_length
 from llmctl.sampling import StopMatcher, apply_repetition_penalty, sample_next
 
@@ -134,9 +140,11 @@ class DecodeBatch:
     """The rows decoding together on one model: `add` rows at any step, `step` all of them once."""
 
     def __init__(self, model, device: torch.device, pad_id: int, eos_ids: set[int],
-                 token_info: Callable[[torch.Tensor, float, int, int], TokenInfo], prefix_cache: PrefixCache | None = None):
+                 token_info: Callable[[torch.Tensor, float, int, int], TokenInfo], prefix_cache: PrefixCache | None = None,
+                 pass_cost: PassCost | None = None):
         self.model, self.device, self.pad_id, self.eos_ids, self.token_info = model, device, pad_id, eos_ids, token_info
         self.prefix_cache = prefix_cache  # keys and values of earlier prompts, shared by every batch on this model
+        self.pass_cost = pass_cost  # what a forward pass costs here, learnt from the ones this batch runs
         self.cache_name, self.last_only = cache_argument(model), last_logits_only(model)
         self.rows: list[DecodeRow] = []
         self.past = None
@@ -157,8 +165,12 @@ class DecodeBatch:
         extra = {}
         if any(adapters):  # peft: each row through its own adapter, in one pass
             extra["adapter_names"] = [adapter or "__base__" for adapter in adapters]
+        start = time.perf_counter()
         out = self.model(input_ids=ids, attention_mask=mask if padded else None, position_ids=positions,
                          use_cache=True, **{self.cache_name: past}, **self.last_only, **extra)
+        if self.pass_cost is not None:
+            _finish_queued_work(self.device)  # sampling waits for it next anyway; without it a GPU pass times its launch
+            self.pass_cost.record(ids.numel(), time.perf_counter() - start)
         return out.logits[:, -1], getattr(out, self.cache_name)
 
     def _sample(self, rows: list[DecodeRow], logits: torch.Tensor) -> Iterator[tuple[DecodeRow, list[Chunk], int | None]]:
@@ -184,7 +196,8 @@ class DecodeBatch:
 
     @torch.inference_mode()
     def add(self, rows: list[DecodeRow]) -> Iterator[tuple[DecodeRow, Chunk]]:
-        """Prefill new rows together, sample their first tokens and stack them under the running rows."""
+        """Prefill new rows, sample their first tokens and stack them under the running rows; rows get
+        their first token as their pass ends, so a burst split into passes serves its first rows sooner."""
         for row in rows:
             row.start(self.device)
         for row in [r for r in rows if r.max_new <= 0]:
@@ -194,6 +207,10 @@ class DecodeBatch:
             return
         if self.prefix_cache is not None:
             self._prefill_shared_beginnings(rows)
+        for group in self._passes(rows):
+            yield from self._add_pass(group)
+
+    def _add_pass(self, rows: list[DecodeRow]) -> Iterator[tuple[DecodeRow, Chunk]]:
         logits, past, mask = self._prefill([(r.adapter, r.prompt_ids) for r in rows], rows)
         keep, tokens = [], []
         yield from self._run(rows, logits, keep, tokens)
@@ -204,6 +221,24 @@ class DecodeBatch:
             past.batch_select_indices(torch.tensor(keep_slots, device=self.device))
             mask = mask[keep_slots]
         self._stack(keep, tokens, past, mask)
+
+    def _reused(self, row: DecodeRow) -> int:
+        """How many of a row's prompt tokens the prefix cache would give it now."""
+        return self.prefix_cache.longest(row.adapter, row.prompt_ids)[1] if self.prefix_cache is not None else 0
+
+    def _passes(self, rows: list[DecodeRow]) -> list[list[DecodeRow]]:
+        """The rows in arrival order, cut into the prefill passes that give them the least total wait
+        for their first token (pass_cost.py): each row goes to the pass its middle position falls in."""
+        if self.pass_cost is None or len(rows) == 1:
+            return [rows]
+        rests = [len(r.prompt_ids) - self._reused(r) for r in rows]
+        ends = list(itertools.accumulate(self.pass_cost.split(sum(rests))))
+        passes: list[list[DecodeRow]] = [[] for _ in ends]
+        done = 0
+        for row, rest in zip(rows, rests):
+            passes[min(bisect.bisect(ends, done + rest / 2), len(ends) - 1)].append(row)
+            done += rest
+        return [p for p in passes if p]
 
     def _prefill(self, prompts: list[tuple[str | None, list[int]]], rows: list[DecodeRow] | None = None):
         """One forward pass over new prompts: (last logits, cache, mask). Each is left-padded; with a
@@ -244,18 +279,24 @@ class DecodeBatch:
     def _prefill_shared_beginnings(self, rows: list[DecodeRow]) -> None:
         """Rows arriving together that share a beginning nobody has cached yet (the same system prompt,
         the same question asked by several clients): compute each such beginning once, into the cache,
-        so that the rows' own prefill reads it instead of computing it once per row."""
+        so that the rows' own prefill reads it instead of computing it once per row. That is a pass of
+        its own, so with a pass-cost estimate it runs only when it saves more positions than it costs."""
         shared: dict[tuple, tuple[str | None, list[int]]] = {}
+        saved, spent = 0, {}
         # In sorted order, the prompt sharing the longest beginning with a prompt is next to it.
         ordered = sorted(rows, key=lambda r: (r.adapter or "", r.prompt_ids))
         for at, row in enumerate(ordered):
             neighbours = [o for o in ordered[max(at - 1, 0):at + 2] if o is not row and o.adapter == row.adapter]
             length = min(max((common_length(row.prompt_ids, o.prompt_ids) for o in neighbours), default=0),
                          len(row.prompt_ids) - 1)
-            if length >= MIN_REUSE and self.prefix_cache.longest(row.adapter, row.prompt_ids)[1] < length:
-                beginning = row.prompt_ids[:length]
-                shared[(row.adapter, *beginning)] = (row.adapter, beginning)
-        if shared:
+            reused = self._reused(row)
+            if length >= MIN_REUSE and reused < length:
+                key = (row.adapter, *row.prompt_ids[:length])
+                shared[key] = (row.adapter, row.prompt_ids[:length])
+                saved += length - reused
+                spent[key] = max(spent.get(key, 0), length - reused)
+        worth = self.pass_cost.positions_worth_a_pass() if self.pass_cost is not None else None
+        if shared and (worth is None or saved - sum(spent.values()) > worth):
             self._prefill(list(shared.values()))
 
     def _stack(self, rows: list[DecodeRow], tokens: list[int], past, mask: torch.Tensor) -> None:
@@ -302,6 +343,13 @@ class DecodeBatch:
         for row in self.rows:
             yield row, row.final(finish)
         self._keep([], [])
+
+
+def _finish_queued_work(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def decode_rows(model, rows: list[DecodeRow], device: torch.device, pad_id: int, eos_ids: set[int],

@@ -6,6 +6,12 @@ as soon as it finishes. On a CPU or a GPU one forward pass over 8 rows costs far
 so throughput grows with the number of clients while each request's text stays what it would be
 alone. A client that leaves drops its row at the next step; closing the batcher ends every running
 row as "interrupted" and fails what is still waiting.
+
+Time to first token under load: requests that arrive during a prefill are prefilled before the next
+decode step (at most --max-batch rows between two steps, so the running rows are held back by a
+bounded amount), since a decode step there would delay every newcomer's first token by one token's
+time. A burst is prefilled in as many passes as gives its rows the least mean wait for their first
+token, from what passes cost on this machine (pass_cost.py).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Callable, Iterator
 
 from llmctl.backends.base import Chunk, GenerationRequest, Response
 from llmctl.backends.hf_decode import DecodeBatch
+from llmctl.backends.pass_cost import PassCost
 from llmctl.backends.prefix_cache import PrefixCache
 from llmctl.errors import LlmctlError
 
@@ -53,6 +60,7 @@ class Batcher:
         self.backend, self.max_batch = backend, max_batch
         # Prompts that begin alike (a system prompt, an agent's tools) are computed once: see prefix_cache.py
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
+        self.pass_cost = PassCost()  # learnt from this model's passes: how to cut a burst's prefill
         self.observe = observe or (lambda name, value: None)  # metrics: batch sizes
         self.waiting: list[Job] = []
         self.ready = threading.Condition()
@@ -104,7 +112,7 @@ class Batcher:
 
     def _new_batch(self) -> DecodeBatch:
         b = self.backend
-        return DecodeBatch(b.model, b.device, b.pad_id, b.eos_ids, b._token_info, self.prefix_cache)
+        return DecodeBatch(b.model, b.device, b.pad_id, b.eos_ids, b._token_info, self.prefix_cache, self.pass_cost)
 
     def _deliver(self, jobs: dict[int, Job], events) -> None:
         for row, chunk in events:
@@ -118,6 +126,7 @@ class Batcher:
     def _run(self) -> None:
         batch = self._new_batch()
         jobs: dict[int, Job] = {}
+        admitted = 0  # rows prefilled since the last decode step
         while (joining := self._joiners(batch)) is not None:
             try:
                 if joining:
@@ -126,17 +135,23 @@ class Batcher:
                     jobs.update({id(job.row): job for job in joining})
                     with self.lock:
                         self._deliver(jobs, batch.add([job.row for job in joining]))
+                    admitted += len(joining)
+                    self.stats["pass_cost"] = self.pass_cost.summary()
                 self.running = len(batch)
                 self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
+                if joining and self.waiting and len(batch) < self.max_batch and admitted < self.max_batch:
+                    continue  # more arrived meanwhile: their first tokens before the next step
                 if len(batch):
                     self.observe("batch_size", len(batch))
                     with self.lock:
                         self._deliver(jobs, batch.step())
+                admitted = 0
             except Exception as e:  # noqa: BLE001 - a forward pass failed: every row in it gets the error
                 for job in jobs.values():
                     job.put(e)
                 jobs.clear()
                 batch = self._new_batch()
+                admitted = 0
         self._deliver(jobs, batch.cancel_all())
         self.running = 0
 
