@@ -11,14 +11,11 @@ import time
 import pytest
 
 from llmctl.backends.base import GenerationRequest, Message, SamplingParams
-from llmctl.backends.hf import HFBackend
 from llmctl.backends.hf_decode import DecodeBatch
 from llmctl.backends.pass_cost import PassCost
 from llmctl.backends.prefix_cache import PrefixCache
-from llmctl.config import Config
-from llmctl.registry import ModelEntry
 from llmctl.serve.batcher import Batcher
-from tests.tiny_models import build_chat_model
+from tests.tiny_models import endless_chat_backend
 
 PROMPTS = ["Hello there, how are you today?", "Hello there, how are you doing?", "What is the capital of France?",
            "ROMEO: But soft, what light", "x", "def add(a, b):"]
@@ -26,10 +23,7 @@ PROMPTS = ["Hello there, how are you today?", "Hello there, how are you doing?",
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
-    path = build_chat_model(tmp_path_factory.mktemp("tiny-passes"), context=4096)
-    backend = HFBackend.load(ModelEntry("passes", "hf", str(path)), Config())
-    backend.eos_ids = set()  # replies end at their length limit: every row decodes all its steps
-    return backend
+    return endless_chat_backend(tmp_path_factory.mktemp("tiny-passes"), "passes")
 
 
 def request(i: int, max_tokens: int = 6) -> GenerationRequest:

@@ -10,13 +10,10 @@ import pytest
 import torch
 
 from llmctl.backends.base import GenerationRequest, Message, SamplingParams
-from llmctl.backends.hf import HFBackend
 from llmctl.backends.hf_decode import DecodeBatch
 from llmctl.backends.prefix_cache import PrefixCache
-from llmctl.config import Config
-from llmctl.registry import ModelEntry
 from tests.serve_helpers import running_server
-from tests.tiny_models import build_chat_model
+from tests.tiny_models import endless_chat_backend
 
 PROMPTS = ["Hello there, how are you today?", "Hello there, how are you doing?", "What is the capital of France?",
            "Hello there, how are you today?", "x"]
@@ -24,10 +21,7 @@ PROMPTS = ["Hello there, how are you today?", "Hello there, how are you doing?",
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
-    path = build_chat_model(tmp_path_factory.mktemp("tiny-prefix"), context=4096)
-    backend = HFBackend.load(ModelEntry("pc", "hf", str(path)), Config())
-    backend.eos_ids = set()  # replies end at their length limit: every row decodes all its steps
-    return backend
+    return endless_chat_backend(tmp_path_factory.mktemp("tiny-prefix"), "pc")
 
 
 def request(i: int) -> GenerationRequest:

@@ -12,11 +12,8 @@ import openai
 import pytest
 
 from llmctl.backends.base import GenerationRequest, Message, SamplingParams
-from llmctl.backends.hf import HFBackend
-from llmctl.config import Config
-from llmctl.registry import ModelEntry
 from llmctl.serve.server import ModelServer
-from tests.tiny_models import build_chat_model
+from tests.tiny_models import endless_chat_backend
 from tests.serve_helpers import running_server
 
 PROMPTS = ["Hello", "What is the capital of France?", "ROMEO: But soft", "x"]
@@ -25,10 +22,7 @@ PROMPTS = ["Hello", "What is the capital of France?", "ROMEO: But soft", "x"]
 @pytest.fixture(scope="module")
 def long_backend(tmp_path_factory):
     """A tiny chat model with a 4096-token context: long generations for the disconnect test."""
-    path = build_chat_model(tmp_path_factory.mktemp("tiny-long"), context=4096)
-    backend = HFBackend.load(ModelEntry("long", "hf", str(path)), Config())
-    backend.eos_ids = set()  # a model that never ends a reply by itself: only the length limit or a client stops it
-    return backend
+    return endless_chat_backend(tmp_path_factory.mktemp("tiny-long"), "long")
 
 
 def requests(params_for) -> list[GenerationRequest]:

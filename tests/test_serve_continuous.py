@@ -9,11 +9,8 @@ import openai
 import pytest
 
 from llmctl.backends.base import GenerationRequest, Message, SamplingParams
-from llmctl.backends.hf import HFBackend
 from llmctl.backends.hf_decode import DecodeBatch
-from llmctl.config import Config
-from llmctl.registry import ModelEntry
-from tests.tiny_models import build_chat_model
+from tests.tiny_models import endless_chat_backend
 from tests.serve_helpers import running_server
 
 PROMPTS = ["Hello", "What is the capital of France?", "ROMEO: But soft", "x", "def add(a, b):"]
@@ -21,10 +18,7 @@ PROMPTS = ["Hello", "What is the capital of France?", "ROMEO: But soft", "x", "d
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
-    path = build_chat_model(tmp_path_factory.mktemp("tiny-cont"), context=4096)
-    backend = HFBackend.load(ModelEntry("cont", "hf", str(path)), Config())
-    backend.eos_ids = set()  # replies end only at their length limit or a stop string
-    return backend
+    return endless_chat_backend(tmp_path_factory.mktemp("tiny-cont"), "cont")  # ends at the length limit or a stop string
 
 
 def request(i: int) -> GenerationRequest:

@@ -9,11 +9,8 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from llmctl.backends.base import GenerationRequest, Message, SamplingParams
 from llmctl.backends.detokenize import MAX_PENDING, StreamDetokenizer
-from llmctl.backends.hf import HFBackend
 from llmctl.backends.hf_decode import DecodeRow
-from llmctl.config import Config
-from llmctl.registry import ModelEntry
-from tests.tiny_models import build_chat_model, build_tokenizer
+from tests.tiny_models import build_tokenizer, endless_chat_backend
 
 ACCENTS_AND_EMOJI = "Größe über café — ok 🙂🎉 日本語, ñandú!"
 
@@ -42,10 +39,7 @@ def byte_token_ids(tokenizer, text: str) -> list[int]:
 @pytest.fixture(scope="module")
 def long_backend(tmp_path_factory):
     """The tiny chat model with a 4096-token context that never ends a reply by itself."""
-    path = build_chat_model(tmp_path_factory.mktemp("tiny-long"), context=4096)
-    backend = HFBackend.load(ModelEntry("long", "hf", str(path)), Config())
-    backend.eos_ids = set()
-    return backend
+    return endless_chat_backend(tmp_path_factory.mktemp("tiny-long"), "long")
 
 
 def ask(text="Hello", **params) -> GenerationRequest:

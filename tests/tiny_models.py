@@ -65,3 +65,16 @@ def build_base_model(path: Path) -> Path:
     GPT2LMHeadModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def endless_chat_backend(directory: Path, name: str):
+    """The chat model with a 4096-token context, loaded as a backend whose replies never end by
+    themselves: only the length limit, a stop string or the client ends them, so every row decodes
+    all its steps."""
+    from llmctl.backends.hf import HFBackend
+    from llmctl.config import Config
+    from llmctl.registry import ModelEntry
+
+    backend = HFBackend.load(ModelEntry(name, "hf", str(build_chat_model(directory, context=4096))), Config())
+    backend.eos_ids = set()
+    return backend
