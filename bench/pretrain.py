@@ -8,11 +8,14 @@
      defaults  `llmctl pretrain --data train.txt --max-time 90s` and nothing else (Muon);
      adamw     the same with --optimizer adamw (AdamW against Muon at equal time);
      recipe    the hand-tuned flags that were bench/pretrain.py's recipe (BPE 2048, 4x128, context 128, lr 3e-3);
-     best      the best flags found (BEST below).
+     best      the best flags found (BEST below);
+     no-dropout  the defaults with --dropout 0 (only with --only: the same as defaults below ~8 passes over
+               the corpus, where the chooser picks no dropout; try --budget 270).
 2. Speed (--speed): tokens/s of llmctl's training loop against a minimal plain-PyTorch loop, same model and batch.
 
     python bench/pretrain.py                       # quality: five runs of --budget seconds (~10 min)
     python bench/pretrain.py --only best recipe    # a subset (the baseline always runs)
+    python bench/pretrain.py --budget 270 --only defaults no-dropout   # the chosen dropout, ~15 passes
     python bench/pretrain.py --budget 60 --threads 1   # on a machine other jobs oversubscribe
     python bench/pretrain.py --speed               # loop speed only (about a minute)
 """
@@ -45,7 +48,9 @@ BEST = list(RECIPE)
 for flag, value in (("--layers", "3"), ("--width", "96"), ("--heads", "3"), ("--batch-size", "8"),
                     ("--eval-every", "100000"), ("--optimizer", "muon"), ("--min-lr", "0")):
     BEST[BEST.index(flag) + 1] = value
-CONTENDERS = {"defaults": [], "adamw": ["--optimizer", "adamw"], "recipe": RECIPE, "best": BEST}
+CONTENDERS = {"defaults": [], "adamw": ["--optimizer", "adamw"], "recipe": RECIPE, "best": BEST,
+              "no-dropout": ["--dropout", "0"]}
+DEFAULT_RUN = ["defaults", "adamw", "recipe", "best"]  # no-dropout differs from defaults only past ~8 passes
 
 
 # -- the baseline: a plain char-level GPT (nanoGPT's shape, our own code) ----------------------------------
@@ -172,6 +177,8 @@ def quality(corpus: Path, seconds: float, only: list[str]) -> dict:
               f"{report[name]['steps']} steps", file=sys.stderr)
     if "defaults" in report and "adamw" in report:  # each probes the machine: shapes may differ under load
         report["muon_over_adamw_defaults"] = round(report["defaults"]["bpc"] / report["adamw"]["bpc"], 3)
+    if "defaults" in report and "no-dropout" in report:
+        report["defaults_over_no_dropout"] = round(report["defaults"]["bpc"] / report["no-dropout"]["bpc"], 3)
     if "defaults" in report and "recipe" in report:
         report["defaults_over_recipe"] = round(report["defaults"]["bpc"] / report["recipe"]["bpc"], 3)
     return report
@@ -227,7 +234,7 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true", help="loop speed only")
     parser.add_argument("--corpus", type=Path, default=SHAKESPEARE)
     parser.add_argument("--budget", type=float, default=90, help="seconds of training for every contender")
-    parser.add_argument("--only", nargs="+", choices=list(CONTENDERS), default=list(CONTENDERS))
+    parser.add_argument("--only", nargs="+", choices=list(CONTENDERS), default=DEFAULT_RUN)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for every contender (1 on an oversubscribed machine: OpenMP barriers "
                              "stall when other jobs hold the cores)")

@@ -39,6 +39,38 @@ def test_loads_with_plain_transformers(cli, corpus, tmp_path, flags, architectur
         assert model.model.layers[0].self_attn.q_norm.weight.shape == (16,)
 
 
+@pytest.mark.parametrize("shape", [{}, {"qk_norm": True}, {"experts": 2}])
+def test_dropout_drops_while_training_and_is_not_saved(tmp_path, shape):
+    """--dropout on a Llama, Qwen3 or Mixtral model drops the embeddings and each block's attention and MLP
+    output while training, as GPT-2's dropouts do; in eval mode and once saved, the model is the plain one."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+
+    from llmctl.pretrain.model import GPTConfig, build_model
+
+    config = GPTConfig(layers=2, heads=2, width=32, context=16, dropout=0.3, **shape)
+    model, plain = build_model(config, 40, 0, 0), build_model(replace(config, dropout=0.0), 40, 0, 0)
+    ids = torch.randint(0, 40, (2, 16), generator=torch.Generator().manual_seed(0))
+    inner = model.model
+    sites = [inner.embed_tokens] + [m for layer in inner.layers for m in (layer.self_attn.o_proj, layer.mlp)]
+    zeros = []
+    for site in sites:  # registered after the dropout's hook: sees what the residual stream gets
+        site.register_forward_hook(lambda module, args, out: zeros.append(float((out == 0).float().mean())))
+    model.train()
+    first = model(input_ids=ids).logits
+    assert len(zeros) == 5 and all(0.2 < z < 0.4 for z in zeros), zeros
+    assert not torch.equal(first, model(input_ids=ids).logits)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, plain(input_ids=ids).logits)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).train()
+    assert loaded.config.attention_dropout == 0.0
+    with torch.no_grad():  # nothing of the dropout came along: training mode is deterministic
+        assert torch.equal(loaded(input_ids=ids).logits, plain.train()(input_ids=ids).logits)
+
+
 def test_qk_norm_with_experts_is_a_usage_error(cli, corpus, tmp_path):
     r = cli("pretrain", "--data", str(corpus), "--out", str(tmp_path / "o"), *TINY, "--qk-norm", "--experts", "2",
             "--max-steps", "1")

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from llmctl.errors import UsageError
-from llmctl.pretrain.auto import (SHAPES, TOKENS_PER_PARAM, Budget, choose, context_for, flops_per_token, hidden_params,
-                                  render)
+from llmctl.pretrain.auto import (SHAPES, TOKENS_PER_PARAM, Budget, choose, context_for, dropout_for, flops_per_token,
+                                  hidden_params, render)
 
 SHAKESPEARE_BYTES = 1_115_394
 RECIPE_RATE = 9.1e3 * flops_per_token(4, 128, 128, 2048)  # the machine where the 4x128 recipe ran 400 steps in 90 s
@@ -43,6 +43,20 @@ def test_token_and_step_budgets_need_no_measurement():
     by_steps = choose(Budget(steps=400), SHAKESPEARE_BYTES, None, {}).values
     assert by_steps["batch_size"] * by_steps["context"] == 2048 and by_steps["warmup_steps"] == 26
     assert by_steps["eval_every"] == 133 and by_steps["save_every"] == 133
+
+
+def test_dropout_comes_with_many_passes_over_the_corpus():
+    """None while a budget passes over the corpus up to 10 times (as estimated; the 90 s runs measured),
+    then rising to 0.1 by 14, where 0.1 beat none in the 180 s and 270 s runs (bench/RESULTS.md)."""
+    assert [dropout_for(p) for p in (0.5, 9.9, 10, 12, 14, 19, 50)] == [0.0, 0.0, 0.0, 0.05, 0.1, 0.1, 0.1]
+    quiet = choose(Budget(seconds=90), SHAKESPEARE_BYTES, RECIPE_RATE, {})
+    assert quiet.values["dropout"] == 0.0 and "~5 passes over the corpus: too few" in quiet.reasons["dropout"]
+    longer = choose(Budget(seconds=270), SHAKESPEARE_BYTES, RECIPE_RATE, {})
+    assert longer.values["dropout"] == 0.1 and "~15 passes" in longer.reasons["dropout"]
+    # A token budget counts its passes from the corpus size: ~3.5 characters a BPE token.
+    assert choose(Budget(tokens=6_000_000), SHAKESPEARE_BYTES, None, {}).values["dropout"] == 0.1
+    assert choose(Budget(tokens=6_000_000), 10 * SHAKESPEARE_BYTES, None, {}).values["dropout"] == 0.0
+    assert "dropout" not in choose(Budget(seconds=270), SHAKESPEARE_BYTES, RECIPE_RATE, {"dropout": 0.0}).values
 
 
 def test_the_corpus_size_picks_the_tokenizer():

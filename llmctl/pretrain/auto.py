@@ -28,7 +28,14 @@ MIN_BATCH_TOKENS, MAX_BATCH_TOKENS = 1024, 512 * 1024
 MIN_BPE_CORPUS = 100_000  # bytes: below this a BPE vocabulary of even 512 is mostly noise; use characters
 STEP_BUDGET_BATCH = 2048  # tokens a step when the budget is --max-steps
 DEFAULT_STEPS = 1000  # no budget at all (as TrainConfig.check)
-CHARS_PER_TOKEN = {"char": 1.0, "bpe": 3.5}  # rough, for the epoch count in the table only
+CHARS_PER_TOKEN = {"char": 1.0, "bpe": 3.5}  # rough: for the passes over the corpus a budget makes
+# Dropout against memorising a corpus the budget passes over many times. 3x96 on tinyshakespeare with Muon
+# (bench/RESULTS.md, 2026-12-04), bits/char at dropout 0 / 0.05 / 0.1 / 0.2, by the passes the runs made:
+# ~6 passes 2.152 / - / 2.189 / 2.225; ~12 passes 2.136 / 2.118 / 2.099 / -; ~18 passes 2.184 / - / 2.088 /
+# 2.118. The thresholds are in the passes estimated here, from the probe's FLOP rate, which ran 15-35% above
+# the passes made on 2 cores (small shapes use the FLOPs less well than the probe): none up to DROPOUT_FROM,
+# then rising to MAX_DROPOUT by DROPOUT_FULL.
+DROPOUT_FROM, DROPOUT_FULL, MAX_DROPOUT = 10, 14, 0.1
 
 
 @dataclass
@@ -96,7 +103,7 @@ def choose_shape(budget_tokens, flops_per_s: float | None, seconds: float | None
 def choose(budget: Budget, corpus_bytes: int, flops_per_s: float | None, given: dict[str, Any],
            sharded: bool = False) -> Choices:
     """Every setting not in `given` (tokenizer, vocab_size, layers, heads, width, context, batch_size,
-    lr, min_lr, warmup_steps, eval_every, save_every, optimizer, muon_lr), with a reason each.
+    dropout, lr, min_lr, warmup_steps, eval_every, save_every, optimizer, muon_lr), with a reason each.
     `flops_per_s`: the training FLOP rate measured here (needed only for a time budget); `sharded`:
     the run is fully sharded (FSDP), which trains with AdamW only."""
     out = Choices()
@@ -141,7 +148,14 @@ def choose(budget: Budget, corpus_bytes: int, flops_per_s: float | None, given: 
     epochs = tokens * CHARS_PER_TOKEN.get(tokenizer, 3.5) / max(1, corpus_bytes)
     if "batch_size" in out.reasons:
         out.reasons["batch_size"] += f"; ~{steps:,} steps, ~{epochs:.1f} passes over the corpus"
+    _maybe(out, given, "dropout", dropout_for(epochs),
+           f"~{epochs:.0f} passes over the corpus: " + ("too few to memorise it" if epochs <= DROPOUT_FROM else
+                                                        "against memorising it, more the more passes"))
     return out
+
+
+def dropout_for(passes: float) -> float:
+    return round(MAX_DROPOUT * min(1.0, max(0.0, (passes - DROPOUT_FROM) / (DROPOUT_FULL - DROPOUT_FROM))), 2)
 
 
 def _batch_tokens(tokens: float) -> int:

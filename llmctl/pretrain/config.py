@@ -14,7 +14,7 @@ from llmctl.training.config import TrainConfig
 
 # Settings left as None are chosen from the budget, corpus and machine (pretrain/auto.py) when the run starts.
 AUTO_TRAIN = ("batch_size", "lr", "min_lr", "warmup_steps", "eval_every", "save_every", "optimizer", "muon_lr")
-AUTO_MODEL = ("layers", "heads", "width", "context")
+AUTO_MODEL = ("layers", "heads", "width", "context", "dropout")
 
 
 def auto_model() -> GPTConfig:

@@ -19,7 +19,7 @@ class GPTConfig:
     mlp: int | None = None  # default: 4x width (GPT-2), 8/3x width (SwiGLU), rounded to 32
     rope: bool = True
     tied: bool = True
-    dropout: float = 0.0
+    dropout: float = 0.0  # on embeddings and each block's attention and MLP output (GPT-2's resid/embd dropout)
     experts: int = 0  # > 0: mixture of experts (Mixtral)
     experts_per_token: int = 2
     qk_norm: bool = False  # RMSNorm on queries and keys (the Qwen3 architecture)
@@ -85,7 +85,7 @@ def hf_config(c: GPTConfig, vocab_size: int, eot_id: int):
                           **common)
     shared = dict(hidden_size=c.width, intermediate_size=c.mlp_size(), num_hidden_layers=c.layers,
                   num_attention_heads=c.heads, num_key_value_heads=c.heads, max_position_embeddings=c.context,
-                  attention_dropout=c.dropout, rms_norm_eps=1e-5, **common)
+                  attention_dropout=0.0, rms_norm_eps=1e-5, **common)  # --dropout: residual_dropout below
     if c.experts:
         from transformers import MixtralConfig
 
@@ -109,7 +109,27 @@ def build_model(c: GPTConfig, vocab_size: int, eot_id: int, seed: int):
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     model.generation_config.eos_token_id = eot_id
     model.generation_config.pad_token_id = eot_id
+    if c.dropout and c.rope:  # GPT-2's config has these dropouts itself
+        residual_dropout(model, c.dropout)
     return model
+
+
+def residual_dropout(model, p: float) -> None:
+    """Dropout on the token embeddings and on each block's attention and MLP output before it joins the
+    residual stream, as GPT-2 (and nanoGPT) have it. transformers' Llama, Qwen3 and Mixtral configs only
+    drop attention probabilities, which cost ~20% of the tokens/s on 2 CPU cores (bench/RESULTS.md).
+    Forward hooks add it while training: in eval mode they pass the output through, and nothing of them
+    is saved, so the output stays a plain transformers model."""
+    import torch.nn.functional as F
+
+    def drop(module, args, output):
+        return F.dropout(output, p, module.training)
+
+    inner = model.model
+    inner.embed_tokens.register_forward_hook(drop)
+    for layer in inner.layers:
+        layer.self_attn.o_proj.register_forward_hook(drop)
+        layer.mlp.register_forward_hook(drop)
 
 
 def count_parameters(model) -> int:
