@@ -71,6 +71,12 @@ def test_dropout_drops_while_training_and_is_not_saved(tmp_path, shape):
         assert torch.equal(loaded(input_ids=ids).logits, plain.train()(input_ids=ids).logits)
 
 
+@pytest.mark.parametrize("value, says", [("1.5", "Invalid value for '--dropout'"), ("1", "--dropout must be in [0, 1)")])
+def test_a_dropout_out_of_range_is_a_usage_error(cli, corpus, tmp_path, value, says):
+    r = cli("pretrain", "--data", str(corpus), "--out", str(tmp_path / "o"), *TINY, "--dropout", value, "--max-steps", "1")
+    assert r.code == 2 and says in r.err and "Traceback" not in r.err
+
+
 def test_qk_norm_with_experts_is_a_usage_error(cli, corpus, tmp_path):
     r = cli("pretrain", "--data", str(corpus), "--out", str(tmp_path / "o"), *TINY, "--qk-norm", "--experts", "2",
             "--max-steps", "1")

@@ -45,7 +45,7 @@ def pretrain(
     mlp_size: Annotated[Optional[int], typer.Option("--mlp-size", min=1, help="MLP hidden size.")] = None,
     rope: Annotated[Optional[bool], typer.Option("--rope/--no-rope", help="Rotary positions (Llama) or learned ones (GPT-2).")] = None,
     tied: Annotated[Optional[bool], typer.Option("--tied/--untied", help="Share input and output embeddings.")] = None,
-    dropout: Annotated[Optional[float], typer.Option("--dropout", help="Dropout on embeddings and each block's attention and MLP output, while training. [default: chosen from the passes over the corpus]")] = None,
+    dropout: Annotated[Optional[float], typer.Option("--dropout", min=0.0, max=1.0, help="Dropout on embeddings and each block's attention and MLP output, while training. [default: chosen from the passes over the corpus]")] = None,
     experts: Annotated[Optional[int], typer.Option("--experts", min=0, help="Mixture of experts: experts per layer.")] = None,
     experts_per_token: Annotated[Optional[int], typer.Option("--experts-per-token", min=1)] = None,
     qk_norm: Annotated[Optional[bool], typer.Option("--qk-norm/--no-qk-norm", help="RMSNorm on queries and keys (saved as a Qwen3 model).")] = None,
