@@ -9,8 +9,8 @@
      adamw     the same with --optimizer adamw (AdamW against Muon at equal time);
      recipe    the hand-tuned flags that were bench/pretrain.py's recipe (BPE 2048, 4x128, context 128, lr 3e-3);
      best      the best flags found (BEST below);
-     no-dropout  the defaults with --dropout 0 (only with --only: the same as defaults below ~8 passes over
-               the corpus, where the chooser picks no dropout; try --budget 270).
+     no-dropout  the defaults with --dropout 0 (only with --only: the same as defaults up to ~11 estimated
+               passes over the corpus, where the chooser picks no dropout; try --budget 270).
 2. Speed (--speed): tokens/s of llmctl's training loop against a minimal plain-PyTorch loop, same model and batch.
 
     python bench/pretrain.py                       # quality: five runs of --budget seconds (~10 min)
@@ -50,7 +50,7 @@ for flag, value in (("--layers", "3"), ("--width", "96"), ("--heads", "3"), ("--
     BEST[BEST.index(flag) + 1] = value
 CONTENDERS = {"defaults": [], "adamw": ["--optimizer", "adamw"], "recipe": RECIPE, "best": BEST,
               "no-dropout": ["--dropout", "0"]}
-DEFAULT_RUN = ["defaults", "adamw", "recipe", "best"]  # no-dropout differs from defaults only past ~8 passes
+DEFAULT_RUN = ["defaults", "adamw", "recipe", "best"]  # no-dropout differs from defaults only past ~11 passes
 
 
 # -- the baseline: a plain char-level GPT (nanoGPT's shape, our own code) ----------------------------------

@@ -46,9 +46,10 @@ def test_token_and_step_budgets_need_no_measurement():
 
 
 def test_dropout_comes_with_many_passes_over_the_corpus():
-    """None while a budget passes over the corpus up to 10 times (as estimated; the 90 s runs measured),
-    then rising to 0.1 by 14, where 0.1 beat none in the 180 s and 270 s runs (bench/RESULTS.md)."""
-    assert [dropout_for(p) for p in (0.5, 9.9, 10, 12, 14, 19, 50)] == [0.0, 0.0, 0.0, 0.05, 0.1, 0.1, 0.1]
+    """None while a budget passes over the corpus up to 11 times (as estimated, which runs above the passes
+    made; the 90 s runs measured), then rising to 0.1 by 15, where 0.1 beat none in the 180 s and 270 s runs
+    (bench/RESULTS.md)."""
+    assert [dropout_for(p) for p in (0.5, 10.9, 11, 13, 15, 19, 50)] == [0.0, 0.0, 0.0, 0.05, 0.1, 0.1, 0.1]
     quiet = choose(Budget(seconds=90), SHAKESPEARE_BYTES, RECIPE_RATE, {})
     assert quiet.values["dropout"] == 0.0 and "~5 passes over the corpus: too few" in quiet.reasons["dropout"]
     longer = choose(Budget(seconds=270), SHAKESPEARE_BYTES, RECIPE_RATE, {})
