@@ -281,8 +281,9 @@ class DecodeBatch:
         the same question asked by several clients): compute each such beginning once, into the cache,
         so that the rows' own prefill reads it instead of computing it once per row. That is a pass of
         its own, so with a pass-cost estimate it runs only when it saves more positions than it costs."""
-        shared: dict[tuple, tuple[str | None, list[int]]] = {}
-        saved, spent = 0, {}
+        # (adapter, beginning) -> the most new positions computing it costs: what one row would spend on it
+        shared: dict[tuple[str | None, tuple[int, ...]], int] = {}
+        saved = 0  # new positions the rows would each spend on their shared beginnings without the pass
         # In sorted order, the prompt sharing the longest beginning with a prompt is next to it.
         ordered = sorted(rows, key=lambda r: (r.adapter or "", r.prompt_ids))
         for at, row in enumerate(ordered):
@@ -291,13 +292,12 @@ class DecodeBatch:
                          len(row.prompt_ids) - 1)
             reused = self._reused(row)
             if length >= MIN_REUSE and reused < length:
-                key = (row.adapter, *row.prompt_ids[:length])
-                shared[key] = (row.adapter, row.prompt_ids[:length])
+                beginning = (row.adapter, tuple(row.prompt_ids[:length]))
+                shared[beginning] = max(shared.get(beginning, 0), length - reused)
                 saved += length - reused
-                spent[key] = max(spent.get(key, 0), length - reused)
         worth = self.pass_cost.positions_worth_a_pass() if self.pass_cost is not None else None
-        if shared and (worth is None or saved - sum(spent.values()) > worth):
-            self._prefill(list(shared.values()))
+        if shared and (worth is None or saved - sum(shared.values()) > worth):
+            self._prefill([(adapter, list(ids)) for adapter, ids in shared])
 
     def _stack(self, rows: list[DecodeRow], tokens: list[int], past, mask: torch.Tensor) -> None:
         mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)  # the pending token's column
