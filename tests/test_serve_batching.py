@@ -75,6 +75,8 @@ def test_concurrent_requests_are_batched(long_backend):
         assert answers == [expected] * 8
         stats = health(srv)["batching"]["long"]
         assert stats["largest_batch"] > 1 and stats["batches"] < 8
+        # the passes' cost as fitted when asked: None until passes of different sizes tell its terms apart
+        assert stats["pass_cost"] is None or set(stats["pass_cost"]) == {"fixed_ms", "per_position_ms"}
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_slot(served):

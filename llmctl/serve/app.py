@@ -84,7 +84,7 @@ class Routes:
         if request.method in ("GET", "HEAD"):
             if path == "/health" and (not srv.protect_health or self._authorized(request)):
                 return _json(200, {"status": "ok", "models": list(srv.backends),
-                                   "batching": {name: b.stats for name, b in srv.batchers.items()}})
+                                   "batching": {name: b.health() for name, b in srv.batchers.items()}})
             if not self._authorized(request):
                 raise APIError(401, "invalid or missing API key", "invalid_api_key")
             if path == "/v1/models":

@@ -136,7 +136,6 @@ class Batcher:
                     with self.lock:
                         self._deliver(jobs, batch.add([job.row for job in joining]))
                     admitted += len(joining)
-                    self.stats["pass_cost"] = self.pass_cost.summary()
                 self.running = len(batch)
                 self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
                 if joining and self.waiting and len(batch) < self.max_batch and admitted < self.max_batch:
@@ -154,6 +153,11 @@ class Batcher:
                 admitted = 0
         self._deliver(jobs, batch.cancel_all())
         self.running = 0
+
+    def health(self) -> dict:
+        """What /health shows: the counters, and once passes have run, their cost as fitted now (None
+        until passes of different sizes tell the two terms apart). Fitted here, not on the worker's path."""
+        return {**self.stats, "pass_cost": self.pass_cost.summary()} if self.pass_cost.samples else dict(self.stats)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop: running rows end as 'interrupted' at their next token, waiting requests fail."""
